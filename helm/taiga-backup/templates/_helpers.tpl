@@ -1,0 +1,197 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "taiga-backup.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "taiga-backup.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "taiga-backup.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "taiga-backup.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "taiga-backup.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "taiga-backup.labels" -}}
+helm.sh/chart: {{ include "taiga-backup.chart" . }}
+{{ include "taiga-backup.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: taiga
+{{- end }}
+
+{{- define "taiga-backup.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "taiga-backup.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "taiga-backup.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The objects of the old procedure, or the ones this chart creates (secret.yaml, configmap.yaml).
+*/}}
+{{- define "taiga-backup.resticSecretName" -}}
+{{- default (printf "%s-backup" (include "taiga-backup.fullname" .)) .Values.restic.existingSecret }}
+{{- end }}
+
+{{- define "taiga-backup.resticConfigMapName" -}}
+{{- default (printf "%s-backup-config" (include "taiga-backup.fullname" .)) .Values.restic.existingConfigMap }}
+{{- end }}
+
+{{- define "taiga-backup.postgresSecretName" -}}
+{{- default (printf "%s-postgres" (include "taiga-backup.fullname" .)) .Values.postgres.existingSecret }}
+{{- end }}
+
+{{- define "taiga-backup.postgresConfigMapName" -}}
+{{- default (printf "%s-postgres-config" (include "taiga-backup.fullname" .)) .Values.postgres.existingConfigMap }}
+{{- end }}
+
+{{- define "taiga-backup.notifySecretName" -}}
+{{- default (printf "%s-notify" (include "taiga-backup.fullname" .)) .Values.notify.existingSecret }}
+{{- end }}
+
+{{- define "taiga-backup.redisName" -}}
+{{- printf "%s-redis" (include "taiga-backup.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "taiga-backup.brokerSecretName" -}}
+{{- default (printf "%s-broker" (include "taiga-backup.fullname" .)) .Values.redis.existingSecret }}
+{{- end }}
+
+{{- define "taiga-backup.brokerSecretKey" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecretKey }}
+{{- else -}}
+broker-url
+{{- end }}
+{{- end }}
+
+{{/*
+The broker URL stored in the chart's broker Secret (only used when redis.existingSecret is "").
+*/}}
+{{- define "taiga-backup.brokerUrl" -}}
+{{- if .Values.redis.bundled }}
+{{- printf "redis://%s:%d/0" (include "taiga-backup.redisName" .) (int .Values.redis.port) }}
+{{- else }}
+{{- required "redis.bundled is false: set redis.url or redis.existingSecret" .Values.redis.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+Consistency checks that the schema cannot express; included by deployment.yaml.
+*/}}
+{{- define "taiga-backup.validate" -}}
+{{- if and .Values.redis.bundled (or .Values.redis.url .Values.redis.existingSecret) }}
+{{- fail "redis.url / redis.existingSecret point at an external Redis: set redis.bundled=false" }}
+{{- end }}
+{{- if and .Values.redis.bundled .Values.redis.tlsSecret }}
+{{- fail "the bundled Redis does not speak TLS: redis.tlsSecret needs an external Redis" }}
+{{- end }}
+{{- if and .Values.flower.enabled (not (or .Values.flower.basicAuth.existingSecret .Values.flower.basicAuth.credentials)) }}
+{{- fail "flower.enabled needs flower.basicAuth.existingSecret or flower.basicAuth.credentials" }}
+{{- end }}
+{{- if not .Values.quiesce.restore }}
+{{- fail "quiesce.restore must name at least one deployment (an empty resourceNames list would grant all deployments)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Connection to the broker, shared by the worker and Flower: environment...
+*/}}
+{{- define "taiga-backup.celeryEnv" -}}
+- name: CELERY_BROKER_URL_FILE
+  value: /var/run/secrets/celery-broker/{{ include "taiga-backup.brokerSecretKey" . }}
+{{- if .Values.redis.tlsSecret }}
+- name: CELERY_REDIS_CA_FILE
+  value: /var/run/secrets/redis-tls/ca.crt
+- name: CELERY_REDIS_CERT_FILE
+  value: /var/run/secrets/redis-tls/tls.crt
+- name: CELERY_REDIS_KEY_FILE
+  value: /var/run/secrets/redis-tls/tls.key
+{{- end }}
+{{- if .Values.signing.existingSecret }}
+- name: CELERY_SECURITY_KEY_FILE
+  value: /var/run/secrets/celery-signing/tls.key
+- name: CELERY_SECURITY_CERT_FILE
+  value: /var/run/secrets/celery-signing/tls.crt
+- name: CELERY_SECURITY_CERT_STORE
+  value: /var/run/secrets/celery-signing/tls.crt
+{{- end }}
+- name: LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end }}
+
+{{/*
+...the volumes it needs...
+*/}}
+{{- define "taiga-backup.celeryVolumes" -}}
+- name: celery-broker
+  secret:
+    secretName: {{ include "taiga-backup.brokerSecretName" . }}
+    defaultMode: 0444
+{{- if .Values.redis.tlsSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.tlsSecret }}
+    defaultMode: 0444
+{{- end }}
+{{- if .Values.signing.existingSecret }}
+- name: celery-signing
+  secret:
+    secretName: {{ .Values.signing.existingSecret }}
+    defaultMode: 0444
+{{- end }}
+- name: tmp
+  emptyDir: {}
+- name: state
+  emptyDir: {}
+- name: cache
+  emptyDir: {}
+{{- end }}
+
+{{/*
+...and where they are mounted. /var/lib/taiga-backup (working directory, Celery beat's schedule file)
+and /var/cache/taiga-backup (XDG_CACHE_HOME: restic's cache) are the image's writable directories
+(docker/Dockerfile); the root file system is read-only.
+*/}}
+{{- define "taiga-backup.celeryVolumeMounts" -}}
+- name: celery-broker
+  mountPath: /var/run/secrets/celery-broker
+  readOnly: true
+{{- if .Values.redis.tlsSecret }}
+- name: redis-tls
+  mountPath: /var/run/secrets/redis-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.signing.existingSecret }}
+- name: celery-signing
+  mountPath: /var/run/secrets/celery-signing
+  readOnly: true
+{{- end }}
+- name: tmp
+  mountPath: /tmp
+- name: state
+  mountPath: /var/lib/taiga-backup
+- name: cache
+  mountPath: /var/cache/taiga-backup
+{{- end }}

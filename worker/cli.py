@@ -1,0 +1,270 @@
+"""`taiga-backup`: run the worker, enqueue jobs, follow them, list backups.
+
+Job commands enqueue a Celery task by its public name - exactly what a chat-ops bot does - and
+print its id; with --wait they follow its progress (a bar on a terminal), print the result (one
+JSON object with --json) and exit 0 only on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+# command -> (task name, how to build kwargs from the parsed arguments)
+JOBS = {
+    "backup": ("taiga_backup.backup", lambda a: {"trigger": "manual"}),
+    "restore": ("taiga_backup.restore", lambda a: {
+        k: v for k, v in {"snapshot": a.snapshot, "before": a.before,
+                          "safety_backup": False if a.no_safety_backup else None}.items() if v is not None}),
+    "change-password": ("taiga_backup.change_password", lambda a: {}),
+    "prune": ("taiga_backup.prune", lambda a: {"dry_run": True} if a.dry_run else {}),
+    "check": ("taiga_backup.check", lambda a: {"read_data_subset": a.read_data_subset} if a.read_data_subset else {}),
+    "verify": ("taiga_backup.verify", lambda a: {}),
+    "resume": ("taiga_backup.resume", lambda a: {}),
+}
+
+
+def _app():
+    from worker.celery_app import app
+
+    return app
+
+
+def _settings():
+    from worker.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"taiga-backup: invalid setting: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _report(settings_or_none, task_id: str) -> dict | None:
+    """Our own report (kept in Redis for failures too), if the job got far enough to write one."""
+    from worker.redis_client import connect
+    from tasks.job import report_key
+
+    try:
+        from worker.settings import Settings
+
+        settings = settings_or_none or Settings.from_env()
+        raw = connect(settings).get(report_key(task_id))
+        return json.loads(raw) if raw else None
+    except Exception:
+        return None
+
+
+def describe(task_id: str) -> dict:
+    """State of a task in one JSON-able dict: state, progress or result or error."""
+    from celery.result import AsyncResult
+
+    res = AsyncResult(task_id, app=_app())
+    state = res.state
+    out: dict = {"task_id": task_id, "state": state}
+    info = res.info
+    if state == "SUCCESS":
+        out["result"] = info
+    elif state == "FAILURE":
+        out["error"] = str(info) if info is not None else "failed"
+        report = _report(None, task_id)
+        if report:
+            out["report"] = report
+    elif state == "PROGRESS" and isinstance(info, dict):
+        out["progress"] = info
+    return out
+
+
+def _bar(progress: dict, width: int = 30) -> str:
+    pct = progress.get("percent")
+    step = progress.get("step", "")
+    msg = progress.get("message") or ""
+    if pct is None:
+        return f"{step}: {msg}"[:100]
+    filled = int(width * pct / 100)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}% {step}: {msg}"[:120]
+
+
+def wait(task_id: str, timeout: float | None, as_json: bool) -> int:
+    tty = sys.stderr.isatty() and not as_json
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    while True:
+        info = describe(task_id)
+        if info["state"] in ("SUCCESS", "FAILURE", "REVOKED"):
+            break
+        line = _bar(info["progress"]) if "progress" in info else info["state"].lower()
+        if line != last:
+            if tty:
+                print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
+            elif not as_json:
+                print(line, file=sys.stderr, flush=True)
+            last = line
+        if deadline is not None and time.monotonic() > deadline:
+            print(("\n" if tty else "") + f"taiga-backup: still {info['state']} after {timeout:.0f}s "
+                  f"(task {task_id} keeps running; see `taiga-backup status {task_id}`)", file=sys.stderr)
+            return EXIT_TIMEOUT
+        time.sleep(0.5)
+    if tty:
+        print("\r\033[K", end="", file=sys.stderr)
+    return print_outcome(info, as_json)
+
+
+def print_outcome(info: dict, as_json: bool) -> int:
+    ok = info["state"] == "SUCCESS"
+    if as_json:
+        print(json.dumps(info, indent=None, sort_keys=True))
+    elif ok:
+        print(json.dumps(info.get("result"), indent=2, sort_keys=True))
+    elif info["state"] == "FAILURE":
+        print(f"FAILED: {info.get('error')}", file=sys.stderr)
+        if info.get("report"):
+            print(json.dumps(info["report"], indent=2, sort_keys=True))
+    else:
+        print(f"{info['task_id']}: {info['state']}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_job(args) -> int:
+    name, build = JOBS[args.command]
+    kwargs = build(args)
+    result = _app().send_task(name, kwargs=kwargs)
+    if not args.wait:
+        print(json.dumps({"task_id": result.id, "task": name, "state": "PENDING"}) if args.json else result.id)
+        return EXIT_OK
+    if not args.json:
+        print(f"{name} queued as {result.id}", file=sys.stderr)
+    return wait(result.id, args.timeout, args.json)
+
+
+def cmd_status(args) -> int:
+    info = describe(args.task_id)
+    if args.json:
+        print(json.dumps(info, sort_keys=True))
+        return EXIT_OK if info["state"] != "FAILURE" else EXIT_FAILED
+    if info["state"] in ("SUCCESS", "FAILURE"):
+        return print_outcome(info, False)
+    print(f"{info['state']}" + (f"  {_bar(info['progress'])}" if "progress" in info else ""))
+    return EXIT_OK
+
+
+def cmd_snapshots(args) -> int:
+    from worker.catalog import list_backups
+
+    backups = [b.as_dict() for b in list_backups(_settings())]
+    if args.json:
+        print(json.dumps(backups, sort_keys=True))
+        return EXIT_OK
+    if not backups:
+        print("no backups yet")
+        return EXIT_OK
+    print(f"{'BACKUP ID':<26} {'TIME (UTC)':<21} {'KIND':<12} {'FILES':<10} {'DATABASE':<10} COMPLETE")
+    for b in backups:
+        snaps = b["snapshots"]
+        print(f"{b['backup_id']:<26} {b['time']:<21} {b['kind']:<12} {(snaps['files'] or '-')[:8]:<10} "
+              f"{(snaps['pg-database'] or '-')[:8]:<10} {'yes' if b['complete'] else 'NO'}")
+    return EXIT_OK
+
+
+def cmd_init(args) -> int:
+    from worker import repositories
+
+    settings = _settings()
+    out = {}
+    for name, repo in repositories.both(settings).items():
+        out[name] = "created" if repo.init_if_missing() else "exists"
+    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    return EXIT_OK
+
+
+def cmd_worker(args) -> int:
+    _settings()  # fail now, naming the variable, not at the first job
+    argv = ["worker", "--loglevel", args.loglevel, "--hostname", f"taiga-backup@{socket.gethostname()}"]
+    if args.beat:
+        argv += ["--beat", "--schedule", args.schedule_file]
+    _app().worker_main(argv)
+    return EXIT_OK
+
+
+def cmd_ping(args) -> int:
+    dest = [f"taiga-backup@{socket.gethostname()}"] if args.self_only else None
+    try:
+        replies = _app().control.ping(destination=dest, timeout=args.timeout)
+    except Exception as exc:
+        print(f"taiga-backup: broker unreachable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not replies:
+        print("taiga-backup: no worker answered", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(replies) if args.json else f"{len(replies)} worker(s) answered")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taiga-backup", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def job(name, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--wait", action="store_true", help="follow the job and exit non-zero if it fails")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after N seconds")
+        p.set_defaults(func=cmd_job)
+        return p
+
+    job("backup", "back up the database and media now")
+    r = job("restore", "restore a backup (drops and reloads the database, replaces the media)")
+    r.add_argument("--snapshot", default=None, help="latest (default), a backup id, or a restic snapshot id")
+    r.add_argument("--before", default=None, help="the newest backup at or before this ISO time")
+    r.add_argument("--no-safety-backup", action="store_true", help="skip the pre-restore backup of the current state")
+    job("change-password", "move both repositories to RESTIC_NEW_PASSWORD_FILE")
+    p = job("prune", "apply the retention policy to both repositories")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    c = job("check", "check both repositories (structure and a rotating subset of data)")
+    c.add_argument("--read-data-subset", default=None, help="n/t, x%% or a size, as restic takes it")
+    job("verify", "restore drill: restore the latest backup to a scratch database and directory, compare")
+    job("resume", "scale back every deployment a job left quiesced")
+
+    s = sub.add_parser("status", help="state, progress or result of a job")
+    s.add_argument("task_id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("snapshots", help="list backups (pairs of files + database snapshots)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_snapshots)
+
+    s = sub.add_parser("init", help="create both repositories if they do not exist")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_init)
+
+    w = sub.add_parser("worker", help="run the Celery worker (with --beat: and the schedule)")
+    w.add_argument("--beat", action="store_true", help="embed Celery beat (only one replica may do this)")
+    w.add_argument("--loglevel", default=os.environ.get("LOG_LEVEL", "INFO"))
+    w.add_argument("--schedule-file", default=os.environ.get("BEAT_SCHEDULE_FILE", "/tmp/taiga-backup-beat"))
+    w.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("ping", help="exit 0 when a worker answers (health checks)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--self-only", action="store_true", help="only this host's worker")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ping)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""One job at a time per repository: a Redis lease, renewed while the job runs.
+
+A lease (not a lock that lives until released) because the holder may be SIGKILLed: its lease
+then runs out within JOB_LOCK_LEASE seconds and the reconciler may resume the app. Beside the
+lease, an `active` record without expiry names the task that holds it, so a new worker can tell
+that a job was interrupted and mark it failed instead of leaving it STARTED forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+
+import redis
+
+log = logging.getLogger(__name__)
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
+if redis.call('exists', KEYS[1]) == 0 then return redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) and 2 end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class JobBusy(RuntimeError):
+    """Another taiga-backup job holds the repository."""
+
+
+def repo_key(repository: str) -> str:
+    return hashlib.sha256(repository.encode()).hexdigest()[:16]
+
+
+class JobLock:
+    """Lease `taiga-backup:lock:<repo>`; value is JSON naming the holder."""
+
+    def __init__(self, client: redis.Redis, repository: str, lease_seconds: int = 60):
+        self.redis = client
+        self.key = f"taiga-backup:lock:{repo_key(repository)}"
+        self.active_key = f"taiga-backup:active:{repo_key(repository)}"
+        self.lease = int(lease_seconds)
+        self._value: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = threading.Event()
+
+    def holder(self) -> dict | None:
+        raw = self.redis.get(self.key)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {"raw": raw.decode(errors="replace")}
+
+    def active(self) -> dict | None:
+        raw = self.redis.get(self.active_key)
+        return json.loads(raw) if raw else None
+
+    def acquire(self, kind: str, task_id: str) -> None:
+        """Takes the lease or raises JobBusy naming the job that holds it."""
+        record = {"kind": kind, "task_id": task_id, "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": uuid.uuid4().hex}
+        value = json.dumps(record, sort_keys=True)
+        if not self.redis.set(self.key, value, nx=True, ex=self.lease):
+            other = self.holder() or {}
+            raise JobBusy(
+                f"another taiga-backup job is running on this repository: {other.get('kind', '?')} "
+                f"task {other.get('task_id', '?')} on {other.get('host', '?')} since {other.get('since', '?')}; "
+                f"refusing to run {kind} concurrently")
+        self._value = value
+        self.redis.set(self.active_key, json.dumps({"kind": kind, "task_id": task_id, "host": record["host"],
+                                                    "since": record["since"]}))
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew_loop, name="job-lease", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        script = self.redis.register_script(_RENEW)
+        while not self._stop.wait(self.lease / 3):
+            try:
+                if not script(keys=[self.key], args=[self._value, self.lease]):
+                    log.error("job lease %s was taken over by another holder", self.key)
+                    self.lost.set()
+            except redis.RedisError as exc:  # Redis restarting: keep trying, the lease is long enough
+                log.warning("could not renew job lease: %s", exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._value is None:
+            return
+        for attempt in range(20):
+            try:
+                self.redis.register_script(_RELEASE)(keys=[self.key], args=[self._value])
+                self.redis.delete(self.active_key)
+                break
+            except redis.RedisError as exc:  # Redis restarting: the lease would expire anyway
+                log.warning("could not release job lease (attempt %d): %s", attempt + 1, exc)
+                time.sleep(0.5)
+        self._value = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

@@ -1,0 +1,12 @@
+"""A Redis client for our own bookkeeping (job lease, reports), on the same Redis as the broker."""
+
+from __future__ import annotations
+
+import redis
+
+from .settings import Settings
+
+
+def connect(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.result_backend, socket_timeout=10, socket_connect_timeout=5,
+                                health_check_interval=15, retry_on_timeout=True)
