@@ -15,7 +15,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from worker import redact
+from worker import hooks, redact
 from worker.joblock import JobBusy, JobLock
 from worker.kube import KubeError
 from worker.postgres import DatabaseError
@@ -128,6 +128,14 @@ def store_report(settings: Settings, report: dict) -> None:
         log.warning("could not store the job report in Redis: %s", exc)
 
 
+def _safe(hook, *args) -> None:
+    """Metrics and notifications never change a job's outcome."""
+    try:
+        hook(*args)
+    except Exception as exc:
+        log.warning("%s failed: %s", getattr(hook, "__name__", hook), redact.redact(str(exc)))
+
+
 def load_settings() -> Settings:
     try:
         settings = Settings.from_env()
@@ -147,6 +155,7 @@ def run_job(task, kind: str, body, *, exclusive: bool = True) -> dict:
             lock.acquire(kind, job.task_id)
         except JobBusy as exc:
             raise JobFailed(str(exc)) from None
+    _safe(hooks.job_started, settings, kind, job.task_id)
     try:
         try:
             result = body(job) or {}
@@ -165,9 +174,11 @@ def run_job(task, kind: str, body, *, exclusive: bool = True) -> dict:
         if job.errors:
             job.report.update(state="FAILURE", error=job.errors[0], errors=job.errors)
             store_report(settings, job.report)
+            _safe(hooks.job_finished, settings, job.report)
             raise JobFailed(job.errors[0])
         job.report["state"] = "SUCCESS"
         store_report(settings, job.report)
+        _safe(hooks.job_finished, settings, job.report)
         return job.report
     finally:
         if exclusive:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 
@@ -12,7 +11,7 @@ import psycopg
 import pytest
 
 from bench import dataset
-from conftest import BACKUP_DEPLOYMENTS, NAMESPACE, ROOT
+from conftest import BACKUP_DEPLOYMENTS, NAMESPACE
 
 from tasks.backup import take_backup
 from tasks.job import JobFailed, run_job

@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import psycopg
 import pytest
 from celery.result import AsyncResult
 
-from conftest import BACKUP_DEPLOYMENTS, NAMESPACE, ROOT, WorkerProcess
+from conftest import BACKUP_DEPLOYMENTS, NAMESPACE, ROOT
 
 
 def cli(site, *args, timeout=180):
