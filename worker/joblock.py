@@ -20,17 +20,6 @@ import redis
 
 log = logging.getLogger(__name__)
 
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
-if redis.call('exists', KEYS[1]) == 0 then return redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) and 2 end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-
-
 class JobBusy(RuntimeError):
     """Another taiga-backup job holds the repository."""
 
@@ -48,6 +37,7 @@ class JobLock:
         self.active_key = f"taiga-backup:active:{repo_key(repository)}"
         self.lease = int(lease_seconds)
         self._value: str | None = None
+        self._task_id: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = threading.Event()
@@ -77,17 +67,39 @@ class JobLock:
                 f"task {other.get('task_id', '?')} on {other.get('host', '?')} since {other.get('since', '?')}; "
                 f"refusing to run {kind} concurrently")
         self._value = value
+        self._task_id = task_id
         self.redis.set(self.active_key, json.dumps({"kind": kind, "task_id": task_id, "host": record["host"],
                                                     "since": record["since"]}))
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="job-lease", daemon=True)
         self._thread.start()
 
+    def _if_mine(self, action) -> bool:
+        """Runs action(pipeline) only while the lease still holds our value (WATCH/MULTI: an
+        atomic compare-and-act without Lua)."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(self.key)
+                if pipe.get(self.key) != self._value.encode():
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                action(pipe)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def _renew(self) -> bool:
+        if self._if_mine(lambda p: p.expire(self.key, self.lease)):
+            return True
+        # Redis restarted without persistence and forgot the lease: take it back
+        return bool(self.redis.set(self.key, self._value, nx=True, ex=self.lease))
+
     def _renew_loop(self) -> None:
-        script = self.redis.register_script(_RENEW)
         while not self._stop.wait(self.lease / 3):
             try:
-                if not script(keys=[self.key], args=[self._value, self.lease]):
+                if not self._renew():
                     log.error("job lease %s was taken over by another holder", self.key)
                     self.lost.set()
             except redis.RedisError as exc:  # Redis restarting: keep trying, the lease is long enough
@@ -101,8 +113,9 @@ class JobLock:
             return
         for attempt in range(20):
             try:
-                self.redis.register_script(_RELEASE)(keys=[self.key], args=[self._value])
-                self.redis.delete(self.active_key)
+                self._if_mine(lambda p: p.delete(self.key))
+                if (self.active() or {}).get("task_id") == self._task_id:
+                    self.redis.delete(self.active_key)
                 break
             except redis.RedisError as exc:  # Redis restarting: the lease would expire anyway
                 log.warning("could not release job lease (attempt %d): %s", attempt + 1, exc)

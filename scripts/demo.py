@@ -1,0 +1,145 @@
+"""The main job, end to end, on throwaway local parts: a PostgreSQL cluster with Taiga-like data,
+a redis-server, a restic repository, a stand-in Kubernetes API with Taiga's deployments, and a
+real taiga-backup worker. Backup -> change the data -> restore -> prove it is back byte for byte.
+
+Everything lives in a temporary directory that is removed at the end (--keep to keep it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from bench import dataset  # noqa: E402
+from k8s_double import KubeApiDouble  # noqa: E402
+from servers import PostgresCluster, RedisServer  # noqa: E402
+
+DEPLOYMENTS = {"taiga-gateway-deployment": 1, "taiga-front-deployment": 1, "taiga-back-deployment": 1,
+               "taiga-async-deployment": 1, "taiga-events-deployment": 1, "taiga-protected-deployment": 1}
+
+
+def say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def cli(env: dict, *args: str) -> dict:
+    """Runs the real CLI, as an operator would, and returns its JSON."""
+    done = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=str(ROOT),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr, file=sys.stderr)
+        print(done.stdout)
+        raise SystemExit(f"demo: `taiga-backup {' '.join(args)}` failed (exit {done.returncode})")
+    return json.loads(done.stdout)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=0.01, help="dataset scale (1.0 = 1 GB db + 1 GB media)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="taiga-backup-demo-"))
+    redis_server = pg = kube = worker = None
+    try:
+        say(f"starting throwaway redis-server, PostgreSQL and a Kubernetes API stand-in in {work}")
+        redis_server = RedisServer().start()
+        pg = PostgresCluster().start()
+        pg.create_app_db("taiga", "taiga", "demo-db-password")
+        kube = KubeApiDouble().start()
+        for name, replicas in DEPLOYMENTS.items():
+            kube.add_deployment("taiga", name, replicas=replicas)
+        secrets = work / "secrets"
+        secrets.mkdir()
+        (secrets / "restic-password").write_text("demo-restic-password\n")
+        (secrets / "postgres-password").write_text("demo-db-password\n")
+        media = work / "media"
+        conninfo = f"host=127.0.0.1 port={pg.port} user=taiga password=demo-db-password dbname=taiga"
+
+        say(f"generating Taiga-like sample data (scale {args.scale})")
+        dataset.create_schema(conninfo)
+        stats = dataset.populate(conninfo, str(media), scale=args.scale)
+        print(f"   {sum(stats['db_rows'].values())} rows, {stats['media_files']} media files, "
+              f"{stats['media_bytes'] / 1e6:.1f} MB of media")
+
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(work),
+               "CELERY_BROKER_URL": redis_server.url,
+               "RESTIC_REPOSITORY": str(work / "repo"),
+               "RESTIC_PASSWORD_FILE": str(secrets / "restic-password"),
+               "RESTIC_CACHE_DIR": str(work / "restic-cache"),
+               "POSTGRES_HOST": f"127.0.0.1:{pg.port}", "POSTGRES_DB": "taiga", "POSTGRES_USER": "taiga",
+               "POSTGRES_PASSWORD_FILE": str(secrets / "postgres-password"),
+               "BACKUP_FILES_DIR": str(media),
+               "KUBECONFIG": kube.write_kubeconfig(str(work / "kubeconfig")), "KUBE_NAMESPACE": "taiga",
+               "RESTORE_CHOWN": "off"}
+
+        say("starting a taiga-backup worker")
+        log = open(work / "worker.log", "wb")
+        worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--schedule-file",
+                                   str(work / "beat")], env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while subprocess.run([sys.executable, "-m", "worker.cli", "ping", "--timeout", "1"], env=env, cwd=str(ROOT),
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise SystemExit("demo: the worker did not start:\n" + (work / "worker.log").read_text()[-3000:])
+
+        before_db, before_files = dataset.table_checksums(conninfo), dataset.tree_digest(str(media))
+
+        say("taiga-backup backup --wait --json")
+        backup = cli(env, "backup", "--wait", "--json")["result"]
+        print(json.dumps({k: backup[k] for k in ("backup_id", "snapshots", "bytes_added", "downtime_seconds",
+                                                  "duration_seconds", "deployments")}, indent=2))
+
+        say("changing the data: a day of Taiga work, plus a file that should not survive the restore")
+        changes = dataset.apply_day_of_changes(conninfo, str(media))
+        (media / "added-after-backup.txt").write_text("gone after the restore\n")
+        print(f"   {changes['media_files_added']} media files added, {changes['media_files_deleted']} deleted")
+        assert dataset.table_checksums(conninfo) != before_db
+
+        say(f"taiga-backup restore --snapshot {backup['backup_id']} --wait --json")
+        restore = cli(env, "restore", "--snapshot", backup["backup_id"], "--wait", "--json")["result"]
+        print(json.dumps({k: restore.get(k) for k in ("backup_id", "safety_backup", "database", "files",
+                                                       "downtime_seconds", "duration_seconds")}, indent=2))
+
+        say("checking the round trip")
+        same_db = dataset.table_checksums(conninfo) == before_db
+        same_files = dataset.tree_digest(str(media)) == before_files
+        replicas = {name: kube.replicas("taiga", name) for name in DEPLOYMENTS}
+        print(f"   database identical to the backup: {same_db}")
+        print(f"   media identical to the backup:    {same_files}")
+        print(f"   deployments back at their counts: {replicas == DEPLOYMENTS} {replicas}")
+        if not (same_db and same_files and replicas == DEPLOYMENTS):
+            raise SystemExit("demo: round trip FAILED")
+        print("\nround trip OK: backup -> change -> restore gave back the same bytes")
+        return 0
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        for part in (kube,):
+            if part is not None:
+                part.stop()
+        for part in (pg, redis_server):
+            if part is not None:
+                part.cleanup()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
