@@ -143,3 +143,19 @@ def test_beat_schedule_from_settings():
     assert default["backup"]["schedule"].hour == {23} and default["backup"]["schedule"].minute == {10}
     with pytest.raises(SettingsError):
         beat_schedule.build_schedule({"PRUNE_SCHEDULE": "every night"})
+
+
+def test_a_job_waits_briefly_behind_the_reconciler_but_not_behind_a_job():
+    import threading
+
+    server = fakeredis.FakeServer()
+    reconciler = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    job = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    reconciler.acquire("reconcile", "r-1")
+    threading.Timer(0.5, reconciler.release).start()
+    t0 = time.monotonic()
+    job.acquire("backup", "b-1", patience=10)
+    assert 0.4 < time.monotonic() - t0 < 5
+    with pytest.raises(JobBusy):
+        reconciler.acquire("reconcile", "r-2")  # a reconciler never waits behind a job
+    job.release()

@@ -55,13 +55,19 @@ class JobLock:
         raw = self.redis.get(self.active_key)
         return json.loads(raw) if raw else None
 
-    def acquire(self, kind: str, task_id: str) -> None:
-        """Takes the lease or raises JobBusy naming the job that holds it."""
+    def acquire(self, kind: str, task_id: str, patience: float = 30.0) -> None:
+        """Takes the lease or raises JobBusy naming the job that holds it. The reconciler holds it
+        for a moment only, so a job that finds it there waits (up to `patience` s) instead of
+        being refused; any other holder is a real job and the answer is an immediate no."""
         record = {"kind": kind, "task_id": task_id, "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": uuid.uuid4().hex}
         value = json.dumps(record, sort_keys=True)
-        if not self.redis.set(self.key, value, nx=True, ex=self.lease):
+        deadline = time.monotonic() + patience
+        while not self.redis.set(self.key, value, nx=True, ex=self.lease):
             other = self.holder() or {}
+            if other.get("kind") == "reconcile" and kind != "reconcile" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
             raise JobBusy(
                 f"another taiga-backup job is running on this repository: {other.get('kind', '?')} "
                 f"task {other.get('task_id', '?')} on {other.get('host', '?')} since {other.get('since', '?')}; "
