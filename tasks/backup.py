@@ -39,26 +39,27 @@ def new_backup_id() -> str:
 
 
 def prepare(job: Job) -> dict:
-    """Everything that can fail before the app is touched: database reachable, repositories
-    present (created on first use) and unlocked, Kubernetes answering for every deployment."""
+    """Everything that can fail before the app is touched: database reachable, Kubernetes
+    answering for every deployment (both checked before any repository is created or written),
+    repositories present (created on first use) and unlocked - all within PREFLIGHT_TIMEOUT."""
     settings = job.settings
+    deadline = time.monotonic() + settings.preflight_timeout
     with job.step("preflight") as entry:
         facts = postgres.preflight(settings)
-        for repo in repositories.both(settings).values():
-            if repo.init_if_missing():
-                entry.setdefault("initialised", []).append(repo.name)
-            repo.unlock_stale()
         names = list(settings.quiesce_deployments)
         kube = steps.kube_for(job) if names else None
         if kube:
             kube.preflight(names)
+        for repo in repositories.both(settings).values():
+            if repo.init_if_missing(timeout=max(1.0, deadline - time.monotonic())):
+                entry.setdefault("initialised", []).append(repo.name)
+            repo.unlock_stale(timeout=max(1.0, deadline - time.monotonic()))
         entry["database_bytes"] = facts["size_bytes"]
     return {"kube": kube, "names": names, "db_size": facts["size_bytes"]}
 
 
 def take_backup(job: Job, trigger: str) -> dict:
-    """The chain itself; shared with restore's safety backup."""
-    settings = job.settings
+    """The chain itself: prepare, quiesce, both snapshots, resume."""
     job.report.update(backup_id=new_backup_id(), trigger=trigger)
     ctx = prepare(job)
     kube, names = ctx["kube"], ctx["names"]
@@ -66,36 +67,12 @@ def take_backup(job: Job, trigger: str) -> dict:
     results: dict = {}
     try:
         steps.quiesce(job, kube, names)
-        work = {
-            "pg-database": lambda: steps.dump_db(job, ctx["db_size"]),
-            "files": lambda: steps.restic_backup(job),
-        }
-        if settings.parallel_backup:
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="backup-step") as pool:
-                futures = {name: pool.submit(fn) for name, fn in work.items()}
-                for name, future in futures.items():
-                    try:
-                        results[name] = future.result()
-                    except Exception:
-                        pass  # recorded on the job by its step
-        else:
-            for name, fn in work.items():
-                try:
-                    results[name] = fn()
-                except Exception:
-                    break  # recorded on the job by its step; resume still runs
+        results = backup_quiesced(job, ctx["db_size"])
     finally:
         restored = steps.resume(job, kube, names)
         downtime = time.monotonic() - down_since
     report = {
-        "snapshots": {name: r["snapshot_id"] for name, r in results.items()},
-        "bytes_added": {**{name: r["data_added"] for name, r in results.items()},
-                        "total": sum(r["data_added"] for r in results.values())},
-        "files": {k: results["files"][k] for k in ("files_new", "files_changed", "files_unmodified",
-                                                     "total_files_processed", "total_bytes_processed")}
-        if "files" in results else None,
-        "database": {"format": settings.pg_dump_format, "dump_bytes": results["pg-database"]["total_bytes_processed"]}
-        if "pg-database" in results else None,
+        **summarize(job.settings, results),
         "deployments": restored,
         "downtime_seconds": round(downtime, 3) if names else 0.0,
     }
@@ -105,11 +82,51 @@ def take_backup(job: Job, trigger: str) -> dict:
     return report
 
 
+def backup_quiesced(job: Job, db_size: int) -> dict:
+    """dump_db and restic_backup, with the app already down; their results by repository (a
+    failed one is missing and recorded on the job). Shared with restore's safety backup, which
+    has quiesced a wider set of deployments itself. Tags come from job.report (backup_id, trigger)."""
+    work = {
+        "pg-database": lambda: steps.dump_db(job, db_size),
+        "files": lambda: steps.restic_backup(job),
+    }
+    results: dict = {}
+    if job.settings.parallel_backup:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="backup-step") as pool:
+            futures = {name: pool.submit(fn) for name, fn in work.items()}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except Exception:
+                    pass  # recorded on the job by its step
+    else:
+        for name, fn in work.items():
+            try:
+                results[name] = fn()
+            except Exception:
+                break  # recorded on the job by its step; resume still runs
+    return results
+
+
+def summarize(settings, results: dict) -> dict:
+    """The report fields describing the snapshots a backup made."""
+    return {
+        "snapshots": {name: r["snapshot_id"] for name, r in results.items()},
+        "bytes_added": {**{name: r["data_added"] for name, r in results.items()},
+                        "total": sum(r["data_added"] for r in results.values())},
+        "files": {k: results["files"][k] for k in ("files_new", "files_changed", "files_unmodified",
+                                                     "total_files_processed", "total_bytes_processed")}
+        if "files" in results else None,
+        "database": {"format": settings.pg_dump_format, "dump_bytes": results["pg-database"]["total_bytes_processed"]}
+        if "pg-database" in results else None,
+    }
+
+
 def discard(job: Job, snapshots: dict) -> None:
     """A failed backup leaves no snapshot behind: half a backup must never become `latest`."""
     for name, snapshot_id in snapshots.items():
         try:
-            repositories.repository(job.settings, name).forget(snapshot_id)
+            repositories.repository(job.settings, name).forget(snapshot_id, timeout=job.settings.discard_timeout)
             job.report.setdefault("discarded_snapshots", {})[name] = snapshot_id
         except ProcessError as exc:
             job.fail("discard", exc)

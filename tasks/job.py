@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -34,6 +35,10 @@ class JobFailed(Exception):
 
 class RequestInvalid(JobFailed):
     """A request field failed validation; nothing was touched."""
+
+
+class LeaseBusy(JobFailed):
+    """Another job holds the repository lease; nothing was touched (a scheduled job may retry)."""
 
 
 OPERATIONAL = (JobFailed, KubeError, DatabaseError, ProcessError)
@@ -92,7 +97,8 @@ class Job:
         """Times a step, logs one line when it ends, records any error (the first one wins)."""
         t0 = time.monotonic()
         self.progress(name, 0.0, "started", force=True)
-        log.info("%s: %s started", self.kind, name)
+        fields = {"task_id": self.task_id, "job": self.kind, "step": name}  # structured, for LOG_FORMAT=json
+        log.info("%s: %s started", self.kind, name, extra=fields)
         entry = {"started_at": now_iso()}
         try:
             yield entry
@@ -103,7 +109,8 @@ class Job:
             entry["seconds"] = round(time.monotonic() - t0, 3)
             entry["ok"] = "error" not in entry
             self.report["steps"][name] = entry
-            log.info("%s: %s %s in %.1fs", self.kind, name, "finished" if entry["ok"] else "FAILED", entry["seconds"])
+            log.info("%s: %s %s in %.1fs", self.kind, name, "finished" if entry["ok"] else "FAILED", entry["seconds"],
+                     extra={**fields, "duration_seconds": entry["seconds"]})
             if entry["ok"]:
                 self.progress(name, 100.0, "done", force=True)
 
@@ -113,6 +120,19 @@ class Job:
             if message not in self.errors:
                 self.errors.append(message)
         return message
+
+    def in_parallel(self, work: dict) -> dict:
+        """Runs each callable (name -> fn, each using job.step inside) in its own thread; returns
+        the results of those that succeeded. A failure was recorded by its step: it is only left out."""
+        results: dict = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(work)), thread_name_prefix=f"{self.kind}-step") as pool:
+            futures = {name: pool.submit(fn) for name, fn in work.items()}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except Exception:
+                    pass
+        return results
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -154,7 +174,7 @@ def run_job(task, kind: str, body, *, exclusive: bool = True) -> dict:
         try:
             lock.acquire(kind, job.task_id)
         except JobBusy as exc:
-            raise JobFailed(str(exc)) from None
+            raise LeaseBusy(str(exc)) from None
     _safe(hooks.job_started, settings, kind, job.task_id)
     try:
         try:

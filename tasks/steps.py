@@ -8,7 +8,7 @@ of its own, for an operator who wants to force the app back up.
 
 from __future__ import annotations
 
-from worker import postgres, repositories
+from worker import files_restore, postgres, repositories
 from worker.celery_app import app
 from worker.kube import Kube
 
@@ -78,7 +78,7 @@ def restic_backup(job: Job) -> dict:
             job.progress("restic_backup", pct, f"{doc.get('files_done', 0)} files, {doc.get('bytes_done', 0)} bytes")
 
         summary = repo.backup_dir(settings.files_dir, backup_tags(job), on_status=on_status,
-                                  timeout=settings.files_timeout)
+                                  timeout=settings.files_timeout, excludes=files_restore.BACKUP_EXCLUDES)
         entry.update(snapshot_id=summary.snapshot_id, files_new=summary.files_new,
                      files_changed=summary.files_changed, data_added=summary.data_added)
         return summary.as_dict()

@@ -96,6 +96,7 @@ class Site:
             "QUIESCE_TIMEOUT": "30",
             "RESUME_TIMEOUT": "30",
             "JOB_LOCK_LEASE": "10",
+            "METRICS_PORT": "0",
         }
 
     @property
@@ -119,11 +120,13 @@ class Site:
     def replicas(self) -> dict:
         return {name: self.kube.replicas(NAMESPACE, name) for name in {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}}
 
-    def restic(self, repo: str, *args: str) -> subprocess.CompletedProcess:
+    def restic(self, repo: str, *args: str, input: bytes | None = None, check: bool = True,
+               password_file: str | None = None) -> subprocess.CompletedProcess:
         """Plain restic, as an operator would run it (for assertions independent of our code)."""
-        env = {"PATH": os.environ["PATH"], "HOME": str(self.root), "RESTIC_PASSWORD_FILE": str(self.password_file),
+        env = {"PATH": os.environ["PATH"], "HOME": str(self.root),
+               "RESTIC_PASSWORD_FILE": str(password_file or self.password_file),
                "RESTIC_REPOSITORY": f"{self.repo}/{repo}", "RESTIC_CACHE_DIR": self.env["RESTIC_CACHE_DIR"]}
-        return subprocess.run(["restic", *args], env=env, capture_output=True, check=True)
+        return subprocess.run(["restic", *args], env=env, capture_output=True, check=check, input=input)
 
 
 @pytest.fixture
@@ -137,6 +140,31 @@ def site(tmp_path, pg, redis_server, kube, restic_cache, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HOME", str(tmp_path))
     return s
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, from /proc (children that started sessions of their own too)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pid: int, sig) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 class WorkerProcess:
@@ -173,11 +201,18 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def kill(self, sig=signal.SIGKILL) -> None:
-        """Kills the whole process group, as a pod's OOM kill or deletion would."""
+        """Kills the whole process group, as a pod's OOM kill or deletion would. With SIGKILL also
+        every descendant (pg_dump and restic run in sessions of their own, but a container dies
+        as a whole): all are stopped first, so none sees another's death before its own."""
+        doomed = descendants(self.proc.pid) if sig == signal.SIGKILL else []
+        for pid in doomed:
+            _signal(pid, signal.SIGSTOP)
         try:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
+        for pid in doomed:
+            _signal(pid, signal.SIGKILL)
         self.proc.wait(30)
 
     def stop(self) -> None:
@@ -203,6 +238,26 @@ def start_worker(site, tmp_path):
             w.stop()
         except Exception:
             w.kill()
+
+
+_empty_repos: dict = {}
+
+
+@pytest.fixture
+def repos(site, tmp_path_factory, monkeypatch):
+    """Both repositories, empty, without paying `restic init` (~1.5 s each) per test: copies of a pair
+    made once. Copies share a repository id, so each test gets its own restic cache."""
+    if not _empty_repos:
+        template = tmp_path_factory.mktemp("empty-repos")
+        for name in ("files", "pg-database"):
+            subprocess.run(["restic", "init", "-q", "--no-cache", "--repo", str(template / name)], check=True,
+                           capture_output=True,
+                           env={"PATH": os.environ["PATH"], "RESTIC_PASSWORD_FILE": str(site.password_file)})
+        _empty_repos["path"] = template
+    copy_tree(_empty_repos["path"], site.repo)
+    site.env["RESTIC_CACHE_DIR"] = str(site.root / "restic-cache")
+    monkeypatch.setenv("RESTIC_CACHE_DIR", site.env["RESTIC_CACHE_DIR"])
+    return site
 
 
 @pytest.fixture

@@ -34,24 +34,30 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 class RedisServer:
-    """redis-server on a free port; stop()/start() keep the port (for restart tests)."""
+    """redis-server on a free port; stop()/start() keep the port (for restart tests). With `tls`
+    ({"cert", "key", "ca"} file paths) it speaks only TLS and requires client certificates."""
 
-    def __init__(self, password: str | None = None):
+    def __init__(self, password: str | None = None, tls: dict | None = None):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="tb-redis-")
         self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls["cert"],
+                     "--tls-key-file", self.tls["key"], "--tls-ca-cert-file", self.tls["ca"]]
+        conf = os.path.join(self.dir, "redis.conf")  # the password in a file, not in our argv
+        Path(conf).write_text(f"requirepass {self.password}\n" if self.password else "")
+        argv = ["redis-server", conf, *ports, "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"]
-        if self.password:
-            argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
         return self

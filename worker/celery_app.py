@@ -14,7 +14,9 @@ import os
 from celery import Celery, signals
 
 import beat_schedule
-from worker.settings import SettingsError, read_secret
+from worker import logging_setup, metrics  # noqa: F401 (they connect worker signals)
+from worker import security
+from worker.settings import SettingsError, read_secret, visibility_timeout
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def make_app(env=None) -> Celery:
         task_acks_late=False,
         worker_prefetch_multiplier=1,
         worker_disable_prefetch=True,
-        broker_transport_options={"visibility_timeout": 24 * 3600},
+        broker_transport_options={"visibility_timeout": visibility_timeout(env)},
         result_backend_transport_options={"retry_policy": {"timeout": 10.0}},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -68,6 +70,7 @@ def make_app(env=None) -> Celery:
         enable_utc=True,
         beat_schedule=beat_schedule.build_schedule(env),
     )
+    security.configure(app, env, broker, backend)  # rediss:// options; signed messages when configured
     return app
 
 

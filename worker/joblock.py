@@ -3,7 +3,9 @@
 A lease (not a lock that lives until released) because the holder may be SIGKILLed: its lease
 then runs out within JOB_LOCK_LEASE seconds and the reconciler may resume the app. Beside the
 lease, an `active` record without expiry names the task that holds it, so a new worker can tell
-that a job was interrupted and mark it failed instead of leaving it STARTED forever.
+that a job was interrupted and mark it failed instead of leaving it STARTED forever. Whoever
+takes the lease next moves a dead holder's `active` record to the `interrupted` list, so it is
+settled (by the reconciler) even when a new job, not the reconciler, gets there first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class JobLock:
         self.redis = client
         self.key = f"taiga-backup:lock:{repo_key(repository)}"
         self.active_key = f"taiga-backup:active:{repo_key(repository)}"
+        self.interrupted_key = f"taiga-backup:interrupted:{repo_key(repository)}"
+        self._active: str | None = None
         self.lease = int(lease_seconds)
         self._value: str | None = None
         self._task_id: str | None = None
@@ -74,11 +78,42 @@ class JobLock:
                 f"refusing to run {kind} concurrently")
         self._value = value
         self._task_id = task_id
-        self.redis.set(self.active_key, json.dumps({"kind": kind, "task_id": task_id, "host": record["host"],
-                                                    "since": record["since"]}))
+        self._active = json.dumps({"kind": kind, "task_id": task_id, "host": record["host"],
+                                   "since": record["since"], "started": time.time()}, sort_keys=True)
+        self._hand_over_active()
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="job-lease", daemon=True)
         self._thread.start()
+
+    def _hand_over_active(self) -> None:
+        """Writes our `active` record. One already there belongs to a holder whose lease ran out
+        (it died): it goes to the `interrupted` list instead of being overwritten."""
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.active_key)
+                    previous = pipe.get(self.active_key)
+                    pipe.multi()
+                    if previous:
+                        pipe.rpush(self.interrupted_key, previous)
+                    pipe.set(self.active_key, self._active)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def interrupted(self) -> list[tuple[bytes, dict]]:
+        """(raw, record) of every job whose holder died, oldest first, until settled(raw)."""
+        out = []
+        for raw in self.redis.lrange(self.interrupted_key, 0, -1):
+            try:
+                out.append((raw, json.loads(raw)))
+            except ValueError:
+                out.append((raw, {}))
+        return out
+
+    def settled(self, raw: bytes) -> None:
+        self.redis.lrem(self.interrupted_key, 1, raw)
 
     def _if_mine(self, action) -> bool:
         """Runs action(pipeline) only while the lease still holds our value (WATCH/MULTI: an
@@ -99,8 +134,12 @@ class JobLock:
     def _renew(self) -> bool:
         if self._if_mine(lambda p: p.expire(self.key, self.lease)):
             return True
-        # Redis restarted without persistence and forgot the lease: take it back
-        return bool(self.redis.set(self.key, self._value, nx=True, ex=self.lease))
+        # Redis restarted without persistence and forgot the lease: take it back (and the record
+        # naming our task, so a crash after this is still settled)
+        if not self.redis.set(self.key, self._value, nx=True, ex=self.lease):
+            return False
+        self.redis.set(self.active_key, self._active, nx=True)
+        return True
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.lease / 3):

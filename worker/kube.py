@@ -136,7 +136,7 @@ class Kube:
                 if not pods.items:
                     break
                 if time.monotonic() > deadline:
-                    raise KubeError(f"quiesce: {len(pods.items)} pod(s) of {name} still running after {timeout:.0f}s")
+                    raise KubeError(f"{len(pods.items)} pod(s) of {name} still running after {timeout:.0f}s")
                 if on_progress:
                     on_progress(f"waiting for {len(pods.items)} pod(s) of {name} to stop")
                 time.sleep(POLL)
@@ -171,7 +171,7 @@ class Kube:
                 if available >= target:
                     break
                 if time.monotonic() > deadline:
-                    errors.append(f"resume: {name} has {available}/{target} available pods after {timeout:.0f}s")
+                    errors.append(f"{name} has {available}/{target} available pods after {timeout:.0f}s")
                     break
                 if on_progress:
                     on_progress(f"waiting for {name}: {available}/{target} available")

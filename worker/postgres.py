@@ -90,3 +90,26 @@ def pg_restore_argv(settings: Settings, dbname: str) -> list[str]:
 
 def quote_ident(name: str) -> sql.Identifier:
     return sql.Identifier(name)
+
+
+_USER_TABLES = """
+select n.nspname, c.relname, format('%I.%I', n.nspname, c.relname)
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema')
+  and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'
+  and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid
+                  and d.deptype = 'e')
+order by 3
+"""
+
+
+def table_row_counts(settings: Settings, dbname: str | None = None) -> dict[str, int]:
+    """Exact rows per table ("schema.table", quoted as pg_dump quotes it), every table pg_dump
+    writes data for: what a restore must reproduce. Extension-owned tables are left out (their
+    rows come from CREATE EXTENSION, not from the dump)."""
+    counts = {}
+    with connect(settings, dbname) as conn:
+        for schema, table, name in conn.execute(_USER_TABLES).fetchall():
+            query = sql.SQL("select count(*) from only {}").format(sql.Identifier(schema, table))
+            counts[name] = int(conn.execute(query).fetchone()[0])
+    return counts

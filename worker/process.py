@@ -70,7 +70,7 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
-def _drain(stream, sink: list, on_line: Callable[[bytes], None] | None = None) -> threading.Thread:
+def _drain(stream, sink: list, on_line: Callable[[bytes], None] | None = None, keep: bool = True) -> threading.Thread:
     def pump():
         try:
             if on_line is None:
@@ -78,7 +78,8 @@ def _drain(stream, sink: list, on_line: Callable[[bytes], None] | None = None) -
                     sink.append(chunk)
             else:
                 for line in stream:
-                    sink.append(line)
+                    if keep:
+                        sink.append(line)
                     try:
                         on_line(line)
                     except Exception:  # a progress callback must never break the data path
@@ -133,13 +134,15 @@ def run(
     input: bytes | None = None,
     timeout: float | None = None,
     on_line: Callable[[bytes], None] | None = None,
+    keep_stdout: bool = True,
 ) -> Completed:
-    """Runs one program to completion. Does not raise on a non-zero exit: call .check()."""
+    """Runs one program to completion. Does not raise on a non-zero exit: call .check().
+    keep_stdout=False (with on_line) streams output larger than memory without keeping it."""
     what = what or os.path.basename(argv[0])
     deadline = None if timeout is None else time.monotonic() + timeout
     proc = _popen(argv, env, cwd, subprocess.PIPE if input is not None else subprocess.DEVNULL, subprocess.PIPE)
     out, err = [], []
-    threads = [_drain(proc.stdout, out, on_line), _drain(proc.stderr, err)]
+    threads = [_drain(proc.stdout, out, on_line, keep_stdout), _drain(proc.stderr, err)]
     if input is not None:
         try:
             proc.stdin.write(input)
@@ -164,6 +167,7 @@ def pipe(
     cwd: str | None = None,
     timeout: float | None = None,
     on_consumer_line: Callable[[bytes], None] | None = None,
+    keep_stdout: bool = True,
 ) -> tuple[Completed, Completed]:
     """producer | consumer without a shell. Returns both results; the caller decides what a
     failure of either end means (a consumer that succeeded on a truncated stream is the
@@ -178,7 +182,8 @@ def pipe(
         raise
     p1.stdout.close()  # only the consumer holds the read end now, so it sees EOF / the producer sees EPIPE
     err1, out2, err2 = [], [], []
-    threads = [_drain(p1.stderr, err1), _drain(p2.stdout, out2, on_consumer_line), _drain(p2.stderr, err2)]
+    threads = [_drain(p1.stderr, err1), _drain(p2.stdout, out2, on_consumer_line, keep_stdout),
+               _drain(p2.stderr, err2)]
     timed_out = _wait_all([p1, p2], deadline)
     for t in threads:
         t.join()

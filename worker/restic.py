@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -23,6 +24,11 @@ NO_REPO = re.compile(r"(Is there a repository at the following location|does not
 WRONG_PASSWORD = re.compile(r"wrong password|no key found", re.IGNORECASE)
 LOCKED = re.compile(r"(repository is already locked|unable to create lock|lock failed)", re.IGNORECASE)
 EXIT_INCOMPLETE = 3
+# restic 0.14 adds "Is there a repository...?" to any failure to open one, a dead endpoint included
+UNREACHABLE = re.compile(r"dial tcp|connection refused|no such host|i/o timeout|network is unreachable"
+                         r"|handshake|connection reset", re.IGNORECASE)
+RETRYING = re.compile(r"returned error, retrying", re.IGNORECASE)
+DAMAGED = re.compile(r"repository contains errors", re.IGNORECASE)
 
 
 class ResticError(ProcessError):
@@ -34,11 +40,17 @@ class ResticError(ProcessError):
             return "wrong-password"
         if self.returncode == 11 or LOCKED.search(self.stderr):
             return "locked"
+        if self.returncode != 10 and UNREACHABLE.search(self.stderr):
+            return "unreachable"
         if self.returncode == 10 or NO_REPO.search(self.stderr):
             return "no-repository"
         if self.returncode == EXIT_INCOMPLETE:
             return "incomplete"
         return "error"
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _raise(result: Completed, ok=(0,)) -> Completed:
@@ -149,26 +161,26 @@ class Repository:
         return _raise(result, ok)
 
     # -- repository -------------------------------------------------------------------------
-    def exists(self) -> bool:
+    def exists(self, timeout: float = 120) -> bool:
         """True when the repository is there and the password opens it; raises on other errors."""
         try:
-            self.run("cat", "config", timeout=120)
+            self.run("cat", "config", timeout=timeout)
             return True
         except ResticError as exc:
             if exc.kind == "no-repository":
                 return False
             raise
 
-    def init_if_missing(self) -> bool:
+    def init_if_missing(self, timeout: float = 300) -> bool:
         """Creates the repository on first use; a no-op when present. Returns True if created."""
-        if self.exists():
+        if self.exists(timeout=min(timeout, 120)):
             return False
-        self.run("init", timeout=300)
+        self.run("init", timeout=timeout)
         return True
 
-    def unlock_stale(self) -> None:
+    def unlock_stale(self, timeout: float = 120) -> None:
         """Removes locks restic itself considers stale (dead PID on this host, or > 30 min old)."""
-        self.run("unlock", timeout=120)
+        self.run("unlock", timeout=timeout)
 
     def unlock_all(self) -> None:
         self.run("unlock", "--remove-all", timeout=120)
@@ -194,9 +206,9 @@ class Repository:
         docs = json.loads(self.run(*args, timeout=300).stdout or b"[]") or []
         return sorted(docs, key=lambda d: d.get("time", ""))
 
-    def forget(self, *snapshot_ids: str, prune: bool = False) -> None:
+    def forget(self, *snapshot_ids: str, prune: bool = False, timeout: float = 3600) -> None:
         if snapshot_ids:
-            self.run("forget", *(["--prune"] if prune else []), "--", *snapshot_ids, timeout=3600)
+            self.run("forget", *(["--prune"] if prune else []), "--", *snapshot_ids, timeout=timeout)
 
     # -- backup -----------------------------------------------------------------------------
     def _backup_args(self, tags: list[str]) -> list[str]:
@@ -205,11 +217,15 @@ class Repository:
             args += ["--tag", tag]
         return args
 
-    def backup_dir(self, path: str, tags: list[str], *, on_status=None, timeout=None) -> BackupSummary:
+    def backup_dir(self, path: str, tags: list[str], *, on_status=None, timeout=None,
+                   excludes: tuple[str, ...] = ()) -> BackupSummary:
         """`restic backup .` from inside `path` (the seed's layout: snapshot paths are relative)."""
+        deadline = _deadline(timeout)
         lines = JsonLines(on_status)
-        result = process.run(["restic", *self._backup_args(tags), "."], env=self.env(), cwd=path,
-                             what=f"restic backup ({self.name})", timeout=timeout, on_line=lines)
+        skip = [arg for pattern in excludes for arg in ("--exclude", pattern)]
+        result = process.run(["restic", *self._backup_args(tags), *skip, "."], env=self.env(), cwd=path,
+                             what=f"restic backup ({self.name})", timeout=timeout, on_line=lines,
+                             keep_stdout=False)
         summary = BackupSummary.from_json(lines.summary) if lines.summary else None
         if not result.ok:
             if summary and summary.snapshot_id:
@@ -218,12 +234,13 @@ class Repository:
             raise ResticError(result.what, result.returncode, result.stderr, result.timed_out)
         if summary is None or not summary.snapshot_id:
             raise ResticError(result.what, result.returncode, "restic printed no summary: " + result.stderr)
-        return self._full_id(summary)
+        return self._full_id(summary, deadline)
 
     def backup_pipe(self, producer: list[str], producer_env: dict, tags: list[str], *, filename="stdin",
                     on_status=None, timeout=None, producer_what=None) -> BackupSummary:
         """producer | restic backup --stdin, with no temporary file. A snapshot made from a stream
         whose producer failed is removed again before the error is raised."""
+        deadline = _deadline(timeout)
         lines = JsonLines(on_status)
         args = self._backup_args(tags) + ["--stdin"]
         if filename != "stdin":
@@ -231,8 +248,12 @@ class Repository:
         prod, cons = process.pipe(producer, ["restic", *args], producer_env=producer_env,
                                   consumer_env=self.env(), producer_what=producer_what,
                                   consumer_what=f"restic backup --stdin ({self.name})", timeout=timeout,
-                                  on_consumer_line=lines)
+                                  on_consumer_line=lines, keep_stdout=False)
         summary = BackupSummary.from_json(lines.summary) if lines.summary else None
+        if prod.timed_out and (RETRYING.search(cons.stderr) or UNREACHABLE.search(cons.stderr)):
+            # both were killed at the deadline: restic retrying an unreachable repository (for
+            # minutes) is why, not pg_dump blocked on the full pipe
+            raise ResticError(cons.what, cons.returncode, cons.stderr, True)
         if not prod.ok:
             if summary and summary.snapshot_id:
                 self._forget_quietly(summary.snapshot_id)
@@ -241,12 +262,14 @@ class Repository:
             raise ResticError(cons.what, cons.returncode, cons.stderr, cons.timed_out)
         if summary is None or not summary.snapshot_id:
             raise ResticError(cons.what, cons.returncode, "restic printed no summary: " + cons.stderr)
-        return self._full_id(summary)
+        return self._full_id(summary, deadline)
 
-    def _full_id(self, summary: BackupSummary) -> BackupSummary:
-        """restic 0.14 reports the short id; results and tags always carry the full one."""
+    def _full_id(self, summary: BackupSummary, deadline: float | None = None) -> BackupSummary:
+        """restic 0.14 reports the short id; results and tags always carry the full one. Looked up
+        within what is left of the backup's deadline."""
         if summary.snapshot_id and len(summary.snapshot_id) < 64:
-            docs = json.loads(self.run("snapshots", "--json", "--no-lock", summary.snapshot_id, timeout=120).stdout)
+            left = 120 if deadline is None else max(1.0, deadline - time.monotonic())
+            docs = json.loads(self.run("snapshots", "--json", "--no-lock", summary.snapshot_id, timeout=left).stdout)
             if len(docs) == 1:
                 summary.snapshot_id = docs[0]["id"]
         return summary
@@ -277,3 +300,41 @@ class Repository:
             if doc.get("struct_type") == "node":
                 nodes.append(doc)
         return nodes
+
+    # -- keys (password change) -------------------------------------------------------------
+    def keys(self) -> list[dict]:
+        """The repository's keys; the one this password opens has `current: true`. Raises
+        ResticError (kind "wrong-password") when the password opens none. restic 0.14 takes a
+        shared lock here despite --no-lock (kind "locked" under an exclusive one)."""
+        return json.loads(self.run("key", "list", "--json", "--no-lock", timeout=120).stdout or b"[]") or []
+
+    def add_key(self, new_password_file: str, host: str | None = None) -> None:
+        """Adds a key for the password in `new_password_file` (a path: never the password in argv)."""
+        self.run("key", "add", "--new-password-file", new_password_file, *(["--host", host] if host else []),
+                 timeout=300)
+
+    def remove_key(self, key_id: str) -> None:
+        """restic refuses to remove the key this password uses, so a caller cannot lock itself out."""
+        self.run("key", "remove", key_id, timeout=300)
+
+    # -- upkeep -----------------------------------------------------------------------------
+    def forget_plan(self, policy: list[str]) -> list[dict]:
+        """What `forget` with this policy would do, per group; changes nothing and takes no lock."""
+        out = self.run("forget", "--dry-run", "--json", "--no-lock", *policy, timeout=600).stdout
+        return json.loads(out or b"[]") or []
+
+    def check(self, read_data_subset: str | None = None, *, timeout: float | None = None) -> Completed:
+        """`restic check`; exit 1 means damage was found: returned, not raised, so the caller can
+        report restic's findings."""
+        args = ["check"] + (["--read-data-subset", read_data_subset] if read_data_subset else [])
+        result = self.run(*args, timeout=timeout, ok=(0, 1))
+        if result.returncode == 1 and not DAMAGED.search(result.stderr):
+            raise ResticError(result.what, result.returncode, result.stderr)  # e.g. locked, wrong password
+        return result
+
+    def stream(self, *args: str, on_line: Callable[[bytes], None], timeout: float | None = None) -> Completed:
+        """Runs restic and hands each stdout line to `on_line` without keeping the output (a dump
+        may be larger than memory)."""
+        result = process.run(["restic", *args], env=self.env(), what=f"restic {args[0]} ({self.name})",
+                             timeout=timeout, on_line=on_line, keep_stdout=False)
+        return _raise(result)

@@ -72,6 +72,28 @@ def read_secret(env, name: str, required: bool = False) -> Secret:
     return Secret(value)
 
 
+def _url_secret(env, name: str) -> Secret:
+    """A notification URL: often carries a token, so it is a secret; http(s) only."""
+    url = read_secret(env, name)
+    if url and not re.match(r"^https?://[^/\s]+", url.reveal().strip()):
+        raise SettingsError(f"{name}: expected an http:// or https:// URL")
+    return Secret(url.reveal().strip())
+
+
+def visibility_timeout(env) -> float:
+    """Seconds before Redis hands an unacknowledged message to another worker (read by the
+    Celery app at import, validated here with the rest)."""
+    return _float(env, "BROKER_VISIBILITY_TIMEOUT", 24 * 3600.0, minimum=1)
+
+
+def _broker_tls(env, broker: str, backend: str) -> dict:
+    """TLS options for our own Redis connections; also refuses half a signing configuration."""
+    from . import security
+
+    security.signing(env)
+    return security.redis_tls(env, (broker, backend))
+
+
 def _int(env, name, default, minimum=0):
     raw = _get(env, name)
     if raw is None:
@@ -160,6 +182,25 @@ def _pg_host_port(env):
     return host, int(port)
 
 
+def _verify_postgres(env) -> dict:
+    """The restore drill's server: VERIFY_POSTGRES_HOST (host or host:port); unset means the app's
+    own server and credentials."""
+    combined = _get(env, "VERIFY_POSTGRES_HOST")
+    if not combined:
+        return {}
+    host, _, port = combined.rpartition(":") if ":" in combined else (combined, "", "5432")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"VERIFY_POSTGRES_HOST: expected host or host:port, got {combined!r}")
+    out = {"verify_pg_host": host, "verify_pg_port": int(port),
+           "verify_pg_password": read_secret(env, "VERIFY_POSTGRES_PASSWORD")}
+    for name, key in (("VERIFY_POSTGRES_USER", "verify_pg_user"), ("VERIFY_POSTGRES_DB", "verify_pg_db")):
+        value = _get(env, name)
+        if value is not None and not _PG_IDENT.match(value):
+            raise SettingsError(f"{name}: {value!r} is not a plain PostgreSQL name")
+        out[key] = value
+    return out
+
+
 def _namespace(env):
     ns = _get(env, "KUBE_NAMESPACE")
     if ns is None:
@@ -211,11 +252,22 @@ class Settings:
     lock_lease_seconds: int
     restic_lock_wait: float
     metrics_port: int
-    notify_webhook_url: str | None
-    healthcheck_ping_url: str | None
+    notify_webhook_url: Secret
+    healthcheck_ping_url: Secret
     log_format: str
     cache_dir: str | None
     extra: dict = field(default_factory=dict, repr=False)
+    preflight_timeout: float = 120.0
+    discard_timeout: float = 600.0
+    broker_visibility_timeout: float = 24 * 3600.0
+    redis_ssl: dict = field(default_factory=dict, repr=False)
+    check_subset_parts: int = 10
+    verify_dir: str | None = None
+    verify_pg_host: str | None = None
+    verify_pg_port: int = 5432
+    verify_pg_user: str | None = None
+    verify_pg_password: Secret = field(default_factory=lambda: Secret(""))
+    verify_pg_db: str | None = None
 
     @property
     def kube_enabled(self) -> bool:
@@ -303,15 +355,24 @@ class Settings:
             lock_lease_seconds=_int(env, "JOB_LOCK_LEASE", 30, minimum=5),
             restic_lock_wait=_float(env, "RESTIC_LOCK_WAIT", 120.0),
             metrics_port=_int(env, "METRICS_PORT", 9808),
-            notify_webhook_url=_get(env, "NOTIFY_WEBHOOK_URL"),
-            healthcheck_ping_url=_get(env, "HEALTHCHECK_PING_URL"),
+            notify_webhook_url=_url_secret(env, "NOTIFY_WEBHOOK_URL"),
+            healthcheck_ping_url=_url_secret(env, "HEALTHCHECK_PING_URL"),
             log_format=log_format,
             cache_dir=_get(env, "RESTIC_CACHE_DIR"),
+            preflight_timeout=_float(env, "PREFLIGHT_TIMEOUT", 120.0, minimum=1),
+            discard_timeout=_float(env, "DISCARD_TIMEOUT", 600.0, minimum=1),
+            broker_visibility_timeout=visibility_timeout(env),
+            redis_ssl=_broker_tls(env, broker, backend),
+            check_subset_parts=_int(env, "CHECK_SUBSET_PARTS", 10, minimum=1),
+            verify_dir=_get(env, "VERIFY_DIR"),
+            **_verify_postgres(env),
         )
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log/exception redactor."""
-        values = [f.reveal() for f in (self.aws_access_key_id, self.aws_secret_access_key, self.pg_password) if f]
+        values = [f.reveal() for f in (self.aws_access_key_id, self.aws_secret_access_key, self.pg_password,
+                                       self.notify_webhook_url, self.healthcheck_ping_url,
+                                       self.verify_pg_password) if f]
         for path in (self.restic_password_file, self.restic_new_password_file):
             if path:
                 try:

@@ -1,0 +1,81 @@
+"""Who may reach the broker, and whose messages the worker runs: Redis TLS and message signing.
+
+Anyone who can write to the broker can queue a restore that drops the database. A password and
+TLS (`rediss://`, certificates from files) keep strangers off Redis; message signing goes further:
+with CELERY_SECURITY_* set, the worker accepts only task and control messages signed by a key whose
+certificate is in its store, so broker access alone is not enough to queue a job. Unsigned or
+wrongly signed messages are dropped by Celery before any task code sees them.
+
+Only broker-level settings, read from the environment like the broker URL: Flower, the CLI and a
+chat-ops client configure themselves with the same variables.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import ssl
+
+from .settings import SettingsError
+
+TLS_FILES = ("CELERY_REDIS_CA_FILE", "CELERY_REDIS_CERT_FILE", "CELERY_REDIS_KEY_FILE")
+SIGNING = ("CELERY_SECURITY_KEY_FILE", "CELERY_SECURITY_CERT_FILE", "CELERY_SECURITY_CERT_STORE")
+
+
+def _file(env, name: str) -> str | None:
+    path = (env.get(name) or "").strip()
+    if not path:
+        return None
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise SettingsError(f"{name}: cannot read {path}")
+    return path
+
+
+def redis_tls(env, urls) -> dict:
+    """TLS options for every rediss:// connection (redis-py and Celery use the same names);
+    {} without TLS. Certificate files with a plain redis:// URL are a mistake, not a fallback."""
+    ca, cert, key = (_file(env, name) for name in TLS_FILES)
+    if not any(url.startswith("rediss://") for url in urls):
+        if ca or cert or key:
+            raise SettingsError("CELERY_REDIS_*_FILE are set but the broker URL is not rediss://")
+        return {}
+    if bool(cert) != bool(key):
+        raise SettingsError("CELERY_REDIS_CERT_FILE and CELERY_REDIS_KEY_FILE must be set together")
+    options = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if ca:
+        options["ssl_ca_certs"] = ca
+    if cert:
+        options.update(ssl_certfile=cert, ssl_keyfile=key)
+    return options
+
+
+def signing(env) -> dict | None:
+    """Key, certificate and trusted store (a file, a directory or a glob) for message signing;
+    None when signing is off. Half a configuration is refused rather than silently unsigned."""
+    key, cert = _file(env, SIGNING[0]), _file(env, SIGNING[1])
+    store = (env.get(SIGNING[2]) or "").strip() or None
+    if not (key or cert or store):
+        return None
+    if not (key and cert and store):
+        raise SettingsError("message signing needs all of " + ", ".join(SIGNING))
+    pattern = os.path.join(store, "*") if os.path.isdir(store) else store
+    if not glob.glob(pattern):
+        raise SettingsError(f"CELERY_SECURITY_CERT_STORE: no certificate at {store}")
+    return {"key": key, "cert": cert, "store": store}
+
+
+def configure(app, env, broker: str, backend: str) -> None:
+    """Applies TLS to the broker and result backend connections and, when configured, switches
+    the app to signed messages (Celery's `auth` serializer; results and events stay JSON)."""
+    tls = redis_tls(env, (broker, backend))
+    if broker.startswith("rediss://"):
+        app.conf.broker_use_ssl = tls
+    if backend.startswith("rediss://"):
+        app.conf.redis_backend_use_ssl = tls
+    sign = signing(env)
+    if sign is None:
+        return
+    app.conf.update(task_serializer="auth", accept_content=["auth"], security_key=sign["key"],
+                    security_certificate=sign["cert"], security_cert_store=sign["store"],
+                    security_digest="sha256")
+    app.setup_security(allowed_serializers=["json"])
