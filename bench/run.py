@@ -33,7 +33,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,8 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 for p in (str(ROOT), str(ROOT / "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
-
-import psycopg  # noqa: E402
 
 from bench import dataset, old_procedure  # noqa: E402
 from k8s_double import KubeApiDouble  # noqa: E402
@@ -910,6 +907,7 @@ def summarise(results: dict) -> dict:
             "downtime_vs_old_backup": ratio(full.get("downtime_s"), old.get("full", {}).get("wall_s")),
             "incr_vs_old_incr": ratio(incr.get("wall_s"), old.get("incr", {}).get("wall_s")),
             "incr_vs_own_full": ratio(incr.get("wall_s"), full.get("wall_s")),
+            "incr_downtime_vs_old": ratio(incr.get("downtime_s"), old.get("incr", {}).get("downtime_s")),
             "incr_added_vs_old": ratio(incr.get("data_added"), old.get("incr", {}).get("data_added")),
             "incr_growth_vs_old": ratio(incr.get("repo_growth"), old.get("incr", {}).get("repo_growth")),
             "incr_added_pct_of_dataset": round(100 * incr["data_added"] / dataset_bytes, 2)
@@ -971,6 +969,7 @@ def markdown(results: dict) -> str:
     row("  … vs old downtime", "", lambda s: None, r("downtime_vs_old_downtime"))
     row("incremental night wall", "≤ 0.3× own full", g("incr", "wall_s"), r("incr_vs_own_full"))
     row("  … vs old incremental", "", lambda s: None, r("incr_vs_old_incr"))
+    row("app downtime (incremental night)", "", g("incr", "downtime_s"), r("incr_downtime_vs_old"))
     def pct_row(label, target, key, pct_key):
         cells = [label, target, (f"{_fmt(mb('incr', key)(old), ' MB')} ({_fmt(old.get(pct_key), ' %', 2)})"
                                  if old else "–")]
@@ -1054,8 +1053,9 @@ def parse_args(argv=None):
     ap.add_argument("--py-spy", default=None, metavar="PATH",
                     help="py-spy binary: record the worker during every taiga-backup job (raw stacks in --out)")
     ap.add_argument("--code", default=None,
-                    help="LABEL=DIR[,LABEL=DIR...]: run taiga-backup (worker and CLI) from these copies of the tree, "
-                         "each as its own variant (A/B-testing a patch in one run); default: this tree")
+                    help="LABEL=DIR[:FORMAT+FORMAT][,...]: run taiga-backup (worker and CLI) from these copies of the "
+                         "tree, each as its own variant tb-FORMAT@LABEL (A/B-testing a patch in one run, on the same "
+                         "data); formats default to --formats; default: this tree")
     a = ap.parse_args(argv)
     a.formats = [f for f in a.formats.split(",") if f]
     for f in a.formats:
@@ -1070,11 +1070,15 @@ def parse_args(argv=None):
     codes = {}
     for item in (a.code or "").split(","):
         if item:
-            label, _, path = item.rpartition("=")
+            label, _, rest = item.partition("=")
+            path, _, fmts = rest.partition(":")
             if not label or not Path(path, "worker", "cli.py").is_file():
-                ap.error(f"--code: expected LABEL=DIR with DIR/worker/cli.py, got {item!r}")
-            codes[label] = Path(path).resolve()
-    a.code = codes or {"": ROOT}
+                ap.error(f"--code: expected LABEL=DIR[:FORMAT+FORMAT] with DIR/worker/cli.py, got {item!r}")
+            formats = [f for f in fmts.split("+") if f] or a.formats
+            if any(f not in WORKER_FORMATS for f in formats):
+                ap.error(f"--code: unknown format in {item!r}")
+            codes[label] = (Path(path).resolve(), formats)
+    a.code = codes or {"": (ROOT, a.formats)}
     return a
 
 
@@ -1091,7 +1095,7 @@ def main(argv=None) -> int:
         results["started_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results["dataset"] = bench.generate()
         tb = {f"tb-{f}" + (f"@{label}" if label else ""): (f, code)
-              for label, code in args.code.items() for f in args.formats}
+              for label, (code, formats) in args.code.items() for f in formats}
         variants = (["old"] if not args.no_old else []) + list(tb)
 
         for v, (f, code) in tb.items():

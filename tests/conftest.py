@@ -192,7 +192,13 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.output()}")
-            if app.control.ping(timeout=0.5):
+            try:
+                ok = app.control.ping(timeout=0.5)
+            except Exception as exc:
+                import os as _os
+                print("\nDEBUGPING", app.conf.broker_url, _os.environ.get("CELERY_BROKER_URL"), self.env.get("CELERY_BROKER_URL"), self.env.get("CELERY_BROKER_URL_FILE"), repr(exc))
+                raise
+            if ok:
                 return self
         raise TimeoutError(f"worker did not answer a ping within {timeout}s:\n{self.output()}")
 

@@ -70,13 +70,12 @@ def in_thread(fn):
     return join
 
 
-def redis_dump(client) -> bytes:
-    """Every key and value in every database of a Redis server, with Celery's base64 message
-    bodies decoded: what someone reading Redis would see."""
+def redis_dump(connect) -> bytes:
+    """Every key and value in every database of a Redis server (connect(db) -> client), with
+    Celery's base64 message bodies decoded: what someone reading Redis would see."""
     chunks = []
     for db in range(16):
-        conn = client.connection_pool.connection_kwargs
-        c = type(client)(**{**conn, "db": db})
+        c = connect(db)
         for key in c.scan_iter(count=1000):
             kind = c.type(key)
             if kind == b"string":

@@ -121,7 +121,7 @@ def s3_site(site, tmp_path, monkeypatch):
     env = {"RESTIC_REPOSITORY": f"s3:http://127.0.0.1:{moto.port}/taiga-backups/taiga",
            "AWS_ACCESS_KEY_ID_FILE": str(site.secrets / "aws-access-key-id"),
            "AWS_SECRET_ACCESS_KEY_FILE": str(site.secrets / "aws-secret-access-key"),
-           "AWS_DEFAULT_REGION": "us-east-1", "DUMP_TIMEOUT": "15", "FILES_TIMEOUT": "15", "DISCARD_TIMEOUT": "5"}
+           "AWS_DEFAULT_REGION": "us-east-1", "DUMP_TIMEOUT": "12", "FILES_TIMEOUT": "12", "DISCARD_TIMEOUT": "5"}
     site.env.update(env)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -137,8 +137,9 @@ def s3_snapshots(site, repo: str) -> list[str]:
     return [s["id"] for s in repositories.repository(site.settings(), repo).snapshots()]
 
 
-def test_s3_endpoint_down_mid_backup_and_before_one(s3_site):
+def test_s3_endpoint_down_mid_backup_and_before_one(s3_site, caplog):
     site = s3_site
+    caplog.set_level("INFO", logger="taiga_backup.job")
     first = run_backup()
     assert first["state"] == "SUCCESS"
     assert s3_snapshots(site, "pg-database") == [first["snapshots"]["pg-database"]]
@@ -147,7 +148,7 @@ def test_s3_endpoint_down_mid_backup_and_before_one(s3_site):
     try:
         job = in_thread(run_backup)
         wait_until(lambda: dump_blocked(site), 60, "pg_dump waiting with the app at 0")
-        wait_until(lambda: len(s3_snapshots(site, "files")) == 2, 60, "this backup's media snapshot")
+        wait_until(lambda: caplog.text.count("backup: restic_backup finished") == 2, 60, "this backup's media snapshot")
         assert app_at_zero(site)
         site.moto.stop()
         t0 = time.monotonic()
@@ -156,7 +157,7 @@ def test_s3_endpoint_down_mid_backup_and_before_one(s3_site):
         lock.close()
     error = job()
     failed_after = time.monotonic() - t0
-    print(f"\nS3 down mid-backup: FAILURE {failed_after:.1f}s after the endpoint went away (DUMP_TIMEOUT=15, DISCARD_TIMEOUT=5)")
+    print(f"\nS3 down mid-backup: FAILURE {failed_after:.1f}s after the endpoint went away (DUMP_TIMEOUT=12, DISCARD_TIMEOUT=5)")
     assert isinstance(error, JobFailed), error
     text = str(error)
     assert text.startswith("dump_db: restic backup --stdin (pg-database) " + DEADLINE), text

@@ -16,7 +16,8 @@ def detect_format(repo: Repository, snapshot_id: str, filename: str = "stdin") -
     """Reads only the head of the dump (restic dump streams; we stop after a few bytes)."""
     import subprocess
 
-    proc = subprocess.Popen(repo.dump_argv(snapshot_id, filename), env=repo.env(), stdout=subprocess.PIPE,
+    # --no-lock: this reader is killed after a few bytes and must not leave a lock behind
+    proc = subprocess.Popen(["restic", "--no-lock", *repo.dump_argv(snapshot_id, filename)[1:]], env=repo.env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
         head = proc.stdout.read(len(CUSTOM_MAGIC))

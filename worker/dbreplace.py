@@ -79,7 +79,8 @@ def recreate(settings: Settings, target: Target) -> int:
     with maintenance(settings) as conn:
         killed = conn.execute(
             "select count(pg_terminate_backend(pid)) from pg_stat_activity"
-            " where datname = %s and pid <> pg_backend_pid()", (target.name,)).fetchone()[0]
+            " where datname = %s and pid <> pg_backend_pid() and backend_type = 'client backend'"
+            " and usename = current_user", (target.name,)).fetchone()[0]
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(name))
         options = [sql.SQL("owner {}").format(sql.Identifier(target.owner)), sql.SQL("template template0")]
         for keyword, value in (("encoding", target.encoding), ("lc_collate", target.collate),

@@ -16,6 +16,10 @@ import glob
 import os
 import ssl
 
+from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed
+from kombu.serialization import prepare_accept_content
+
 from .settings import SettingsError
 
 TLS_FILES = ("CELERY_REDIS_CA_FILE", "CELERY_REDIS_CERT_FILE", "CELERY_REDIS_KEY_FILE")
@@ -64,9 +68,37 @@ def signing(env) -> dict | None:
     return {"key": key, "cert": cert, "store": store}
 
 
+class GuardedConsumer(Consumer):
+    """Celery's consumer, with two checks in front of its own message parsing. kombu hands the
+    body of an `application/text` or `application/data` message through raw even when that type
+    is not accepted, and Celery's parsing of a malformed body raises out of the consumer: the
+    worker stops consuming, and the message, put back, stops the next worker too. So: a content
+    type the app does not accept is refused, and a message Celery cannot make a task of is
+    dropped, both logged like any invalid message."""
+
+    def create_task_handler(self, *args, **kwargs):
+        handle = super().create_task_handler(*args, **kwargs)
+        accepted = prepare_accept_content(self.app.conf.accept_content)
+
+        def on_task_received(message):
+            if message.content_type not in accepted:
+                reason = ContentDisallowed(f"refused: content type {message.content_type!r} is not accepted")
+                return self.on_invalid_task(None, message, reason)
+            try:
+                return handle(message)
+            except self.connection_errors:
+                raise  # Celery reconnects
+            except Exception as exc:
+                return self.on_invalid_task(None, message, exc)
+
+        return on_task_received
+
+
 def configure(app, env, broker: str, backend: str) -> None:
     """Applies TLS to the broker and result backend connections and, when configured, switches
-    the app to signed messages (Celery's `auth` serializer; results and events stay JSON)."""
+    the app to signed messages (Celery's `auth` serializer; results and events stay JSON). The
+    worker always runs the guarded consumer."""
+    app.conf.worker_consumer = "worker.security:GuardedConsumer"
     tls = redis_tls(env, (broker, backend))
     if broker.startswith("rediss://"):
         app.conf.broker_use_ssl = tls
