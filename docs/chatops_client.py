@@ -43,7 +43,7 @@ def follow(app: Celery, task_id: str, timeout: float) -> int:
             print(json.dumps(line), file=sys.stderr, flush=True)
             last = seen
         if state == "SUCCESS":
-            print(json.dumps(info, sort_keys=True))   # the job's report: see docs/restore.md
+            print(json.dumps(info, sort_keys=True))   # the job's report: see README, "Restore"
             return 0
         if state in ("FAILURE", "REVOKED"):
             # Celery rebuilds the error as an exception; its text is the job's first error

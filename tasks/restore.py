@@ -191,5 +191,5 @@ def execute(task, args: tuple, kwargs: dict) -> dict:
 @app.task(bind=True, name="taiga_backup.restore")
 def restore(self, *args, **kwargs):
     """Public task (chat-ops contract): kwargs snapshot | before, safety_backup, trigger; returns
-    the JSON report (docs/restore.md)."""
+    the JSON report (README, "Restore")."""
     return execute(self, args, kwargs)

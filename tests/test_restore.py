@@ -34,7 +34,7 @@ ODD_NAMES = ["with space.txt", "ünïcödé 名前.md", "-leading-dash", "quote'
 SNAPSHOT_PAIR = {"type": "object", "required": ["files", "pg-database"],
                  "properties": {"files": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                                 "pg-database": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}}
-RESULT_SCHEMA = {  # the documented result of taiga_backup.restore (docs/restore.md)
+RESULT_SCHEMA = {  # the documented result of taiga_backup.restore (README, "Restore")
     "type": "object",
     "required": ["job", "state", "task_id", "backup_id", "backup_time", "snapshots", "safety_backup", "database",
                  "files", "deployments", "downtime_seconds", "steps", "request", "started_at", "finished_at"],
