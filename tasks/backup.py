@@ -13,7 +13,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from worker import postgres, repositories
+from worker import postgres, repositories, restic_locks
+from worker.redis_client import connect as redis_connect
 from worker.celery_app import app
 from worker.process import ProcessError
 
@@ -53,7 +54,11 @@ def prepare(job: Job) -> dict:
         for repo in repositories.both(settings).values():
             if repo.init_if_missing(timeout=max(1.0, deadline - time.monotonic())):
                 entry.setdefault("initialised", []).append(repo.name)
-            repo.unlock_stale(timeout=max(1.0, deadline - time.monotonic()))
+            # stale locks of ours (crashed pods, other host names) go; a live holder is waited for
+            done = restic_locks.make_way(settings, repo, redis_connect(settings), exclusive=False,
+                                         on_wait=lambda msg: job.progress("preflight", None, msg))
+            if done.get("locks_removed"):
+                entry.setdefault("locks_removed", []).extend(done["locks_removed"])
         entry["database_bytes"] = facts["size_bytes"]
     return {"kube": kube, "names": names, "db_size": facts["size_bytes"]}
 
