@@ -10,7 +10,8 @@ if [ "$#" -eq 0 ]; then
 fi
 
 case "$1" in
-    -*|worker|backup|restore|snapshots|status|init|change-password|prune|check|verify|ping)
+    # exactly the subcommands of `taiga-backup` (worker.cli.build_parser; tests/packaging compares them)
+    -*|backup|restore|change-password|prune|check|verify|resume|status|snapshots|init|worker|ping)
         set -- taiga-backup "$@"
         ;;
 esac

@@ -6,6 +6,8 @@
 #   bash scripts/image.sh base    # make localhost/debian:bookworm by debootstrap, once (cached)
 #   bash scripts/image.sh build   # setup + base + build localhost/taiga-backup:ci (default)
 #   bash scripts/image.sh env     # print the exports that make `podman` use this project's storage
+# Environment: TAIGA_BACKUP_IMAGE (tag, default localhost/taiga-backup:ci), TAIGA_BACKUP_BUILD_CONTEXT
+# (default: the repository), TAIGA_BACKUP_BUILD_LOG, TAIGA_BACKUP_PODMAN_DIR (storage and config).
 #
 # Why a script of its own: podman needs two settings this VM requires (root has no CAP_SYS_RESOURCE for
 # the default ulimits; crun refuses the hybrid cgroups, runc works), its storage is kept in a work folder
@@ -17,6 +19,8 @@ PODMAN_DIR=${TAIGA_BACKUP_PODMAN_DIR:-/var/tmp/taiga-backup-podman}
 IMAGE=${TAIGA_BACKUP_IMAGE:-localhost/taiga-backup:ci}
 BASE=localhost/debian:bookworm
 CA_BUNDLE=${TAIGA_BACKUP_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+CONTEXT=${TAIGA_BACKUP_BUILD_CONTEXT:-.}
+BUILD_LOG=${TAIGA_BACKUP_BUILD_LOG:-$PODMAN_DIR/build.log}
 export CONTAINERS_CONF="$PODMAN_DIR/containers.conf"
 export CONTAINERS_STORAGE_CONF="$PODMAN_DIR/storage.conf"
 
@@ -80,8 +84,8 @@ build() {
     --build-arg PG_SOURCE=debian \
     --volume "$CA_BUNDLE:/run/host-ca.crt:ro" \
     --build-arg PIP_CERT=/run/host-ca.crt \
-    -f docker/Dockerfile -t "$IMAGE" . >"$PODMAN_DIR/build.log" 2>&1 \
-    || { tail -40 "$PODMAN_DIR/build.log" >&2; exit 1; }
+    -f docker/Dockerfile -t "$IMAGE" "$CONTEXT" >"$BUILD_LOG" 2>&1 \
+    || { tail -40 "$BUILD_LOG" >&2; exit 1; }
   log "built $IMAGE in $((SECONDS - started)) s, $(podman image inspect --format '{{.Size}}' "$IMAGE") bytes"
 }
 
