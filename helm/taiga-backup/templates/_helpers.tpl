@@ -110,6 +110,12 @@ Consistency checks that the schema cannot express; included by deployment.yaml.
 {{- if and .Values.flower.enabled (not (or .Values.flower.basicAuth.existingSecret .Values.flower.basicAuth.credentials)) }}
 {{- fail "flower.enabled needs flower.basicAuth.existingSecret or flower.basicAuth.credentials" }}
 {{- end }}
+{{- if and .Values.prometheusRule.enabled (not .Values.metrics.serviceMonitor.enabled) }}
+{{- fail "prometheusRule.enabled needs metrics.serviceMonitor.enabled (the rules expect its labels: honorLabels, namespace, service)" }}
+{{- end }}
+{{- if and .Values.dashboard.enabled (not .Values.metrics.service.enabled) }}
+{{- fail "dashboard.enabled needs metrics.service.enabled (the dashboard shows the worker's metrics)" }}
+{{- end }}
 {{- if not .Values.quiesce.restore }}
 {{- fail "quiesce.restore must name at least one deployment (an empty resourceNames list would grant all deployments)" }}
 {{- end }}
