@@ -1,24 +1,23 @@
 """Celery beat schedule, built from settings: the nightly backup, retention, checks, the restore
 drill and the reconciler that makes sure the app is never left scaled down.
 
-Only the schedule variables are read here, so a monitoring process (Flower) that imports the
+Only the schedule settings are read here, so a monitoring process (Flower) that imports the
 Celery app does not need the repository settings.
 """
 
 from __future__ import annotations
 
-import os
-
 from celery.schedules import crontab
 
-from worker.settings import validate_cron, validate_timezone
+from worker.jobs import requests
+from worker.settings import read
 
-# (setting, default, task name); a setting set to "off" drops the entry.
+# (setting, task); the cron expression and its default live in the settings table; "off" drops it
 SCHEDULED = (
-    ("BACKUP_SCHEDULE", "10 23 * * *", "taiga_backup.backup"),
-    ("PRUNE_SCHEDULE", "40 23 * * *", "taiga_backup.prune"),
-    ("CHECK_SCHEDULE", "10 2 * * 0", "taiga_backup.check"),
-    ("VERIFY_SCHEDULE", "10 3 * * 0", "taiga_backup.verify"),
+    ("BACKUP_SCHEDULE", requests.BACKUP),
+    ("PRUNE_SCHEDULE", requests.PRUNE),
+    ("CHECK_SCHEDULE", requests.CHECK),
+    ("VERIFY_SCHEDULE", requests.VERIFY),
 )
 RECONCILE_EVERY_SECONDS = 60.0
 
@@ -29,23 +28,20 @@ def cron(expr: str) -> crontab:
 
 
 def build_schedule(env=None) -> dict:
-    env = os.environ if env is None else env
     schedule = {}
-    for setting, default, task in SCHEDULED:
-        expr = (env.get(setting) or default).strip()
-        if expr.lower() in ("off", "never", "disabled"):
+    for setting, task in SCHEDULED:
+        expr = read(setting, env)
+        if expr is None:
             continue
-        validate_cron(setting, expr)
         schedule[task.split(".", 1)[1]] = {
             "task": task, "schedule": cron(expr), "kwargs": {"trigger": "schedule"},
             # a missed nightly run is not queued up behind the next one
             "options": {"expires": 6 * 3600},
         }
-    schedule["reconcile"] = {"task": "taiga_backup.reconcile", "schedule": RECONCILE_EVERY_SECONDS,
+    schedule["reconcile"] = {"task": requests.RECONCILE, "schedule": RECONCILE_EVERY_SECONDS,
                              "options": {"expires": RECONCILE_EVERY_SECONDS}}
     return schedule
 
 
 def timezone(env=None) -> str:
-    env = os.environ if env is None else env
-    return validate_timezone("BACKUP_TIMEZONE", (env.get("BACKUP_TIMEZONE") or "UTC").strip())
+    return read("BACKUP_TIMEZONE", env)

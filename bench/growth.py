@@ -4,7 +4,7 @@
 
 Why: the whole-database dump re-adds about half of itself to restic each night although only ~1 % of
 the rows changed. This backs up every table's COPY output on its own - in heap order (what pg_dump
-writes) and in primary-key order - before and after bench.dataset's day of changes, so the table(s)
+writes) and in primary-key order - before and after testkit.dataset's day of changes, so the table(s)
 responsible and the effect of row order can be seen; and the whole dump as plain and as custom -Z0
 for reference. Prints a markdown table; nothing is kept.
 """
@@ -21,12 +21,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (str(ROOT), str(ROOT / "tests")):
+for p in (str(ROOT),):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from bench import dataset  # noqa: E402
-from servers import PostgresCluster  # noqa: E402
+from testkit import dataset  # noqa: E402
+from testkit.servers import PostgresCluster  # noqa: E402
 
 DB, USER, PASSWORD = "taiga", "taiga", "growth-pw"
 

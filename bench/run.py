@@ -5,12 +5,12 @@
 What it does (see bench/README.md for every option):
 
 1. starts throw-away servers (redis-server, a PostgreSQL 15 cluster, the Kubernetes API double with
-   Taiga's deployments) and generates a Taiga-like dataset (bench.dataset) at --scale;
+   Taiga's deployments) and generates a Taiga-like dataset (testkit.dataset) at --scale;
 2. night 1 ("full"): runs, alternately, the old pipeline (operator scales gateway+front down, the
    seed's `pg_dump | restic backup --stdin` then `restic backup .`, scales back up) and taiga-backup
    (a real worker process per PG_DUMP_FORMAT, `taiga-backup backup --wait --json`), each into its
    own fresh repositories;
-3. applies one "day of changes" (bench.dataset.apply_day_of_changes) and runs night 2 ("incr") the
+3. applies one "day of changes" (testkit.dataset.apply_day_of_changes) and runs night 2 ("incr") the
    same way into the same repositories;
 4. restores (old: drop/create, `restic dump | psql`, `restic restore`; taiga-backup: the
    `taiga_backup.restore` task when the worker has it) and checks each result against checksums;
@@ -42,13 +42,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (str(ROOT), str(ROOT / "tests")):
+for p in (str(ROOT),):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from bench import dataset, old_procedure  # noqa: E402
-from k8s_double import KubeApiDouble  # noqa: E402
-from servers import PostgresCluster, RedisServer, free_port  # noqa: E402
+from testkit import dataset, old_procedure  # noqa: E402
+from testkit.k8s_double import KubeApiDouble  # noqa: E402
+from testkit.servers import PostgresCluster, RedisServer, free_port  # noqa: E402
 
 NAMESPACE = "taiga"
 BACKUP_DEPLOYMENTS = {"taiga-gateway-deployment": 1, "taiga-front-deployment": 2}
@@ -57,7 +57,7 @@ RESTORE_ONLY_DEPLOYMENTS = {"taiga-back-deployment": 1, "taiga-async-deployment"
 RESTORE_DEPLOYMENTS = {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}
 DB_NAME, DB_USER, DB_PASSWORD = "taiga", "taiga", "taiga-bench-db-pw"
 RESTIC_PASSWORD = "taiga-bench-restic-pw"
-POLL = 0.25                      # the same poll interval worker.kube uses
+POLL = 0.25                      # the same poll interval worker.adapters.kube uses
 WORKER_FORMATS = ("plain", "custom")
 EXPERIMENTS = ("plain", "custom", "custom-z", "plain-zmax")
 MB = 1_000_000
@@ -231,7 +231,7 @@ class RssWatch:
 class Operator:
     """What an operator does around the old procedure: `kubectl scale --replicas=0`, wait until the
     pods are gone, ..., `kubectl scale` back, wait until available - through the official client,
-    polling like worker.kube does, so both pipelines pay the same waits."""
+    polling like worker.adapters.kube does, so both pipelines pay the same waits."""
 
     def __init__(self, kubeconfig: str):
         from kubernetes import client, config
@@ -737,7 +737,7 @@ class Bench:
     # -- format experiments: the db pipeline alone, with the same argv the worker uses ---------------------
     def exp_dump_argv(self, fmt: str) -> tuple[list[str], list[str]]:
         """(pg_dump argv, extra restic flags) for an experiment."""
-        from worker import postgres
+        from worker.adapters import postgres
 
         settings = self._settings()
         if fmt == "plain":
@@ -758,8 +758,8 @@ class Bench:
         return Settings.from_env(any_env)
 
     def run_exp_dump(self, fmt: str, phase: str) -> dict:
-        from worker import postgres, process
-        from worker.restic import JsonLines
+        from worker.adapters import postgres, process
+        from worker.adapters.restic import JsonLines
 
         variant = f"exp-{fmt}"
         if phase == "full":
@@ -788,9 +788,9 @@ class Bench:
 
     def run_exp_restores(self, fmt: str, reference_tables: dict | None) -> list[dict]:
         """Loads the latest dump of an experiment into a scratch database: streamed (psql or
-        pg_restore, as worker.dbload does), and for the custom formats also via a seekable file with
+        pg_restore, as worker.backups.database does), and for the custom formats also via a seekable file with
         pg_restore -j (the file write is timed as part of it)."""
-        from worker import postgres, process
+        from worker.adapters import postgres, process
 
         variant = f"exp-{fmt}"
         repo = str(self.repo_base(variant) / "pg-database")

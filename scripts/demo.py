@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
-from bench import dataset  # noqa: E402
-from k8s_double import KubeApiDouble  # noqa: E402
-from servers import PostgresCluster, RedisServer  # noqa: E402
+from testkit import dataset  # noqa: E402
+from testkit.k8s_double import KubeApiDouble  # noqa: E402
+from testkit.servers import PostgresCluster, RedisServer  # noqa: E402
 
 DEPLOYMENTS = {"taiga-gateway-deployment": 1, "taiga-front-deployment": 1, "taiga-back-deployment": 1,
                "taiga-async-deployment": 1, "taiga-events-deployment": 1, "taiga-protected-deployment": 1}

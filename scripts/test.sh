@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# the layers of docs/development.md: an upward import fails here, before any test runs
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"

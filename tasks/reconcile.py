@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 
-from celery import signals, states
+from celery import states
 from celery.result import AsyncResult
 
-from worker import catalog, redact, repositories
+from worker import redact
+from worker.adapters.redis_store import connect as redis_connect
+from worker.backups import catalog, layout
 from worker.celery_app import app
-from worker.joblock import JobBusy, JobLock
-from worker.redis_client import connect as redis_connect
-
-from . import steps
-from .backup import discard
-from .job import Job, JobFailed, load_settings, now_iso, report_key, store_report
+from worker.errors import JobFailed
+from worker.jobs import requests, steps
+from worker.jobs.job import Job, load_settings, now_iso, report_key, store_report
+from worker.jobs.lease import JobBusy, JobLock
 
 log = logging.getLogger("taiga_backup.reconcile")
 
@@ -44,11 +43,11 @@ def discard_half_backup(settings, active: dict) -> Job:
     started = active.get("started")
     if active.get("kind") != "backup" or not isinstance(started, (int, float)):
         return job
-    for repo in repositories.both(settings).values():
+    for repo in layout.both(settings).values():
         repo.unlock_stale(timeout=settings.discard_timeout)  # the killed restic's lock, same host
     for found in catalog.list_backups(settings):
         if found.tagged and found.time.timestamp() >= started:
-            discard(job, {name: sid for name, sid in found.snapshot_ids().items() if sid})
+            steps.discard(job, {name: sid for name, sid in found.snapshot_ids().items() if sid})
     return job
 
 
@@ -73,7 +72,7 @@ def mark_interrupted(settings, active: dict) -> str | None:
     return message
 
 
-@app.task(bind=True, name="taiga_backup.reconcile")
+@app.task(bind=True, name=requests.RECONCILE)
 def reconcile(self, **_ignored):
     """Resumes what a dead job left scaled down first (the app matters most), then settles the
     jobs whose holder died. Skipped while a job holds the repository."""
@@ -104,29 +103,3 @@ def reconcile(self, **_ignored):
         return result
     finally:
         lock.release()
-
-
-def _queue_reconcile() -> None:
-    try:
-        app.send_task("taiga_backup.reconcile")
-    except Exception as exc:
-        log.error("could not queue the start-up reconcile: %s", exc)
-
-
-@signals.worker_ready.connect
-def _reconcile_on_start(sender=None, **_):
-    """Right away, and again once a dead holder's lease must have run out. The second is sent by
-    a timer, not with a countdown: a countdown message sits unacknowledged in the worker until
-    due, is handed out again after the visibility timeout, and if Redis restarts meanwhile
-    kombu fails to restore it and the worker stops consuming."""
-    from worker.settings import Settings
-
-    _queue_reconcile()
-    try:
-        lease = Settings.from_env().lock_lease_seconds
-    except Exception as exc:
-        log.error("could not schedule the second start-up reconcile: %s", exc)
-        return
-    timer = threading.Timer(lease + 2, _queue_reconcile)
-    timer.daemon = True
-    timer.start()

@@ -12,57 +12,15 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
 
-from worker import catalog, dbreplace, files_restore, repositories, selection
+from worker.adapters.restic import Repository, ResticError
+from worker.backups import catalog, database, layout, media, selection
+from worker.backups.selection import SelectionError
 from worker.celery_app import app
-from worker.restic import Repository, ResticError
-from worker.selection import SelectionError, shown
-
-from . import backup, steps
-from .job import Job, JobFailed, RequestInvalid, run_job
-
-TRIGGERS = ("manual", "chat")
-FIELDS = ("snapshot", "before", "safety_backup", "trigger")
-
-
-@dataclass(frozen=True)
-class Request:
-    """A restore request whose every field passed validation."""
-
-    snapshot: str | None
-    before: datetime | None
-    safety_backup: bool
-    trigger: str
-
-    def as_dict(self) -> dict:
-        return {"snapshot": self.snapshot or (None if self.before else selection.LATEST),
-                "before": self.before and selection.stamp(self.before), "safety_backup": self.safety_backup}
-
-
-def validate_request(args: tuple, kwargs: dict) -> Request:
-    """Message fields are untrusted: types, formats and names are checked before anything runs."""
-    if args:
-        raise RequestInvalid(f"taiga_backup.restore takes keyword arguments only ({', '.join(FIELDS)})")
-    unknown = sorted(shown(k, 40) for k in kwargs if k not in FIELDS)
-    if unknown:
-        raise RequestInvalid(f"unknown argument(s) for taiga_backup.restore: {', '.join(unknown)} "
-                             f"(allowed: {', '.join(FIELDS)})")
-    try:
-        snapshot = selection.check_snapshot(kwargs["snapshot"]) if kwargs.get("snapshot") is not None else None
-        before = selection.check_before(kwargs["before"]) if kwargs.get("before") is not None else None
-    except SelectionError as exc:
-        raise RequestInvalid(str(exc)) from None
-    if snapshot is not None and before is not None:
-        raise RequestInvalid("give snapshot or before, not both")
-    safety = kwargs.get("safety_backup", True)
-    if not isinstance(safety, bool):
-        raise RequestInvalid(f"safety_backup must be true or false, got {shown(safety)}")
-    trigger = kwargs.get("trigger", "manual")
-    if not isinstance(trigger, str) or trigger not in TRIGGERS:
-        raise RequestInvalid(f"trigger must be one of {', '.join(TRIGGERS)}, got {shown(trigger)}")
-    return Request(snapshot, before, safety, trigger)
+from worker.errors import JobFailed
+from worker.jobs import requests, steps
+from worker.jobs.job import Job, run_job
+from worker.jobs.requests import RestoreRequest
 
 
 def _open(repo: Repository) -> None:
@@ -89,10 +47,10 @@ def validate(job: Job) -> tuple:
     """Everything that can be checked without touching anything."""
     settings = job.settings
     with job.step("validate") as entry:
-        files_restore.check_target(settings.files_dir)
-        repos = repositories.both(settings)
+        media.check_target(settings.files_dir)
+        repos = layout.both(settings)
         _each(repos, _open)
-        target = dbreplace.inspect(settings)
+        target = database.inspect(settings)
         names = list(settings.restore_quiesce_deployments)
         kube = steps.kube_for(job) if names else None
         if kube:
@@ -101,10 +59,10 @@ def validate(job: Job) -> tuple:
     return repos, target, kube, names
 
 
-def choose(job: Job, request: Request, repos: dict) -> tuple:
+def choose(job: Job, request: RestoreRequest, repos: dict) -> tuple:
     with job.step("choose") as entry:
         listed = _each(repos, lambda repo: repo.snapshots())
-        backups = catalog.pair(listed[repositories.FILES], listed[repositories.DATABASE])
+        backups = catalog.pair(listed[layout.FILES], listed[layout.DATABASE])
         try:
             chosen = selection.choose(backups, request.snapshot, request.before)
         except SelectionError as exc:
@@ -118,12 +76,12 @@ def choose(job: Job, request: Request, repos: dict) -> tuple:
 
 def unique_backup_id(taken: set) -> str:
     """Backup ids have one-second resolution: never reuse one (tags pair snapshots by it)."""
-    while (backup_id := backup.new_backup_id()) in taken:
+    while (backup_id := steps.new_backup_id()) in taken:
         time.sleep(0.25)
     return backup_id
 
 
-def safety_backup(job: Job, target: dbreplace.Target, backups: list) -> dict | None:
+def safety_backup(job: Job, target: database.Target, backups: list) -> dict | None:
     """A backup of the state about to be replaced, so a wrong restore can be undone by restoring
     it by id. Runs while the app is already quiesced (with the restore's wider list)."""
     with job.step("safety_backup") as entry:
@@ -132,10 +90,10 @@ def safety_backup(job: Job, target: dbreplace.Target, backups: list) -> dict | N
             return None
         child = Job("backup", job.settings)
         child.report.update(backup_id=unique_backup_id({b.id for b in backups}), trigger=selection.PRE_RESTORE)
-        summary = backup.summarize(job.settings, backup.backup_quiesced(child, target.size_bytes))
+        summary = steps.summarize(job.settings, steps.backup_quiesced(child, target.size_bytes))
         entry["steps"] = child.report["steps"]
         if child.errors:
-            backup.discard(child, summary["snapshots"])
+            steps.discard(child, summary["snapshots"])
             raise JobFailed(child.errors[0])
         made = {"backup_id": child.report["backup_id"], "snapshots": summary["snapshots"],
                 "bytes_added": summary["bytes_added"]["total"]}
@@ -143,18 +101,18 @@ def safety_backup(job: Job, target: dbreplace.Target, backups: list) -> dict | N
         return made
 
 
-def restore_backup(job: Job, request: Request) -> dict:
+def restore_backup(job: Job, request: RestoreRequest) -> dict:
     """The chain; the report is filled in as it goes, so a failure report shows how far it got."""
     settings = job.settings
     job.report.update(request=request.as_dict(), trigger=request.trigger, backup_id=None, snapshots=None,
                       safety_backup=None, database=None, files=None, deployments={}, downtime_seconds=0.0)
     repos, target, kube, names = validate(job)
     chosen, backups = choose(job, request, repos)
-    ids = files_restore.owner(settings.restore_chown)
+    ids = media.owner(settings.restore_chown)
     staged = None
     try:
         with job.step("stage_files") as entry:
-            staged = files_restore.stage(repos[repositories.FILES], chosen.files, settings.files_dir, ids,
+            staged = media.stage(repos[layout.FILES], chosen.files, settings.files_dir, ids,
                                          timeout=settings.restore_timeout)
             entry.update(count=staged.count, bytes=staged.bytes)
         down_since = time.monotonic()
@@ -164,12 +122,12 @@ def restore_backup(job: Job, request: Request) -> dict:
                 job.report["safety_backup"] = safety_backup(job, target, backups)
             with job.step("database") as entry:
                 job.progress("database", 5.0, f"terminating sessions and dropping {target.name}", force=True)
-                job.report["database"] = dbreplace.replace(
-                    settings, target, repos[repositories.DATABASE], chosen.database["id"],
+                job.report["database"] = database.replace(
+                    settings, target, repos[layout.DATABASE], chosen.database["id"],
                     on_progress=lambda pct, msg: job.progress("database", pct, msg, force=True))
                 entry.update(job.report["database"])
             with job.step("files") as entry:
-                warnings = files_restore.swap(staged, ids)
+                warnings = media.swap(staged, ids)
                 job.report["files"] = {"count": staged.count, "bytes": staged.bytes,
                                        "chown": settings.restore_chown if ids else None}
                 entry.update(job.report["files"], warnings=warnings)
@@ -182,14 +140,10 @@ def restore_backup(job: Job, request: Request) -> dict:
     return {}
 
 
-def execute(task, args: tuple, kwargs: dict) -> dict:
-    """Validation first (a refused request touches nothing, not even the job lease), then the job."""
-    request = validate_request(args, kwargs)
-    return run_job(task, "restore", lambda job: restore_backup(job, request))
-
-
-@app.task(bind=True, name="taiga_backup.restore")
+@app.task(bind=True, name=requests.RESTORE)
 def restore(self, *args, **kwargs):
     """Public task (chat-ops contract): kwargs snapshot | before, safety_backup, trigger; returns
-    the JSON report (README, "Restore")."""
-    return execute(self, args, kwargs)
+    the JSON report (docs/chatops.md). Validation first: a refused request touches nothing, not
+    even the job lease."""
+    request = requests.restore_request(args, kwargs)
+    return run_job(self, "restore", lambda job: restore_backup(job, request))

@@ -4,30 +4,20 @@ real worker processes on demand."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import PostgresCluster, RedisServer  # noqa: E402
-from k8s_double import KubeApiDouble  # noqa: E402
-
-NAMESPACE = "taiga"
-BACKUP_DEPLOYMENTS = {"taiga-gateway-deployment": 1, "taiga-front-deployment": 2}
-RESTORE_ONLY_DEPLOYMENTS = {"taiga-back-deployment": 1, "taiga-async-deployment": 1,
-                            "taiga-events-deployment": 1, "taiga-protected-deployment": 1}
-_counter = itertools.count(1)
-
+from testkit.k8s_double import KubeApiDouble  # noqa: E402
+from testkit.servers import PostgresCluster, RedisServer  # noqa: E402
+from testkit.site import (BACKUP_DEPLOYMENTS, NAMESPACE, RESTORE_ONLY_DEPLOYMENTS, Site,  # noqa: E402
+                          WorkerProcess, copy_tree)
 
 @pytest.fixture(scope="session")
 def redis_server():
@@ -56,79 +46,6 @@ def restic_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("restic-cache"))
 
 
-class Site:
-    """One Taiga installation under test: its settings (env), database, media and repository."""
-
-    def __init__(self, root: Path, pg: PostgresCluster, redis_server: RedisServer, kube: KubeApiDouble,
-                 cache: str):
-        n = next(_counter)
-        self.root = root
-        self.pg = pg
-        self.kube = kube
-        self.redis_server = redis_server
-        self.dbname = f"taiga_{n}"
-        self.db_user = "taiga"
-        self.db_password = "taiga-db-secret-pw"
-        self.media = root / "media"
-        self.repo = root / "repo"
-        self.secrets = root / "secrets"
-        self.media.mkdir()
-        self.secrets.mkdir()
-        self.password_file = self.secrets / "restic-password"
-        self.password_file.write_text("restic-secret-password-1\n")
-        (self.secrets / "postgres-password").write_text(self.db_password + "\n")
-        self.redis_db = (n % 15) + 1
-        self.env = {
-            "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{self.redis_db}",
-            "RESTIC_REPOSITORY": str(self.repo),
-            "RESTIC_PASSWORD_FILE": str(self.password_file),
-            "RESTIC_CACHE_DIR": cache,
-            "POSTGRES_HOST": f"127.0.0.1:{pg.port}",
-            "POSTGRES_DB": self.dbname,
-            "POSTGRES_USER": self.db_user,
-            "POSTGRES_PASSWORD_FILE": str(self.secrets / "postgres-password"),
-            "BACKUP_FILES_DIR": str(self.media),
-            "KUBECONFIG": kube.kubeconfig,
-            "KUBE_NAMESPACE": NAMESPACE,
-            "QUIESCE_DEPLOYMENTS": ",".join(BACKUP_DEPLOYMENTS),
-            "RESTORE_QUIESCE_DEPLOYMENTS": ",".join({**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}),
-            "RESTORE_CHOWN": "off",
-            "QUIESCE_TIMEOUT": "30",
-            "RESUME_TIMEOUT": "30",
-            "JOB_LOCK_LEASE": "10",
-            "METRICS_PORT": "0",
-        }
-
-    @property
-    def conninfo(self) -> str:
-        return (f"host=127.0.0.1 port={self.pg.port} user={self.db_user} password={self.db_password} "
-                f"dbname={self.dbname}")
-
-    def create_database(self, populate: bool = True) -> None:
-        self.pg.create_app_db(self.dbname, self.db_user, self.db_password)
-        if populate:
-            from bench import dataset
-
-            dataset.create_schema(self.conninfo)
-            dataset.populate(self.conninfo, str(self.media), scale=0.001, seed=next(_counter))
-
-    def settings(self, **overrides):
-        from worker.settings import Settings
-
-        return Settings.from_env({**self.env, **overrides})
-
-    def replicas(self) -> dict:
-        return {name: self.kube.replicas(NAMESPACE, name) for name in {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}}
-
-    def restic(self, repo: str, *args: str, input: bytes | None = None, check: bool = True,
-               password_file: str | None = None) -> subprocess.CompletedProcess:
-        """Plain restic, as an operator would run it (for assertions independent of our code)."""
-        env = {"PATH": os.environ["PATH"], "HOME": str(self.root),
-               "RESTIC_PASSWORD_FILE": str(password_file or self.password_file),
-               "RESTIC_REPOSITORY": f"{self.repo}/{repo}", "RESTIC_CACHE_DIR": self.env["RESTIC_CACHE_DIR"]}
-        return subprocess.run(["restic", *args], env=env, capture_output=True, check=check, input=input)
-
-
 @pytest.fixture
 def site(tmp_path, pg, redis_server, kube, restic_cache, monkeypatch):
     kube.reset()
@@ -140,90 +57,6 @@ def site(tmp_path, pg, redis_server, kube, restic_cache, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HOME", str(tmp_path))
     return s
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below pid, from /proc (children that started sessions of their own too)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _signal(pid: int, sig) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-class WorkerProcess:
-    """A real `taiga-backup worker` process (optionally with embedded beat)."""
-
-    def __init__(self, env: dict, beat: bool, log_path: Path):
-        self.env = env
-        self.log_path = log_path
-        argv = [sys.executable, "-m", "worker.cli", "worker", "--loglevel", "INFO",
-                "--schedule-file", str(log_path.parent / "beat-schedule")]
-        if beat:
-            argv.append("--beat")
-        self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(argv, cwd=str(ROOT), env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def client(self):
-        from worker.celery_app import make_app
-
-        return make_app(self.env)
-
-    def wait_ready(self, timeout: float = 30.0) -> "WorkerProcess":
-        app = self.client()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if app.control.ping(timeout=0.5):
-                    return self
-            except app.connection_for_write().connection_errors:
-                # kombu shares connection pools per URL across the process: one pooled before a
-                # Redis restart (test_faults) fails once, then is replaced
-                time.sleep(0.1)
-        raise TimeoutError(f"worker did not answer a ping within {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self, sig=signal.SIGKILL) -> None:
-        """Kills the whole process group, as a pod's OOM kill or deletion would. With SIGKILL also
-        every descendant (pg_dump and restic run in sessions of their own, but a container dies
-        as a whole): all are stopped first, so none sees another's death before its own."""
-        doomed = descendants(self.proc.pid) if sig == signal.SIGKILL else []
-        for pid in doomed:
-            _signal(pid, signal.SIGSTOP)
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        for pid in doomed:
-            _signal(pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
-        self.log.close()
 
 
 @pytest.fixture
@@ -273,5 +106,3 @@ def celery_client(site):
     return make_app(site.env)
 
 
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)

@@ -2,45 +2,29 @@
 
 `celery -A worker.celery_app worker` works as usual; `taiga-backup worker` runs the same thing.
 Only broker settings are read at import (Flower and chat-ops clients need nothing else); the full
-settings are validated when a worker starts, which then refuses to run with a message naming the
-bad variable.
+settings are validated when a worker starts (worker.runtime.signals), which then refuses to run
+with a message naming the bad variable.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 
-from celery import Celery, signals
+from celery import Celery
 
 import beat_schedule
-from worker import logging_setup, metrics  # noqa: F401 (they connect worker signals)
-from worker import security
-from worker.settings import SettingsError, read_secret, visibility_timeout
+from worker.runtime import security, signals  # noqa: F401 (signals: connects the worker's handlers)
+from worker.settings import broker_urls, read
 
-log = logging.getLogger(__name__)
-
-TASK_MODULES = ["tasks.backup", "tasks.steps", "tasks.reconcile"]
-OPTIONAL_TASK_MODULES = ["tasks.restore", "tasks.upkeep"]
-
-
-def _task_modules() -> list[str]:
-    import importlib.util
-
-    return TASK_MODULES + [m for m in OPTIONAL_TASK_MODULES if importlib.util.find_spec(m)]
-
-
-def broker_urls(env=None) -> tuple[str, str]:
-    env = os.environ if env is None else env
-    broker = read_secret(env, "CELERY_BROKER_URL").reveal() or "redis://localhost:6379/0"
-    backend = read_secret(env, "CELERY_RESULT_BACKEND").reveal() or broker
-    return broker, backend
+# One module per public task; the list is fixed (the worker registers exactly these).
+TASK_MODULES = ["tasks.backup", "tasks.restore", "tasks.resume", "tasks.prune", "tasks.check", "tasks.verify",
+                "tasks.change_password", "tasks.reconcile"]
 
 
 def make_app(env=None) -> Celery:
     env = os.environ if env is None else env
     broker, backend = broker_urls(env)
-    app = Celery("taiga_backup", broker=broker, backend=backend, include=_task_modules())
+    app = Celery("taiga_backup", broker=broker, backend=backend, include=TASK_MODULES)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -54,7 +38,7 @@ def make_app(env=None) -> Celery:
         task_acks_late=False,
         worker_prefetch_multiplier=1,
         worker_disable_prefetch=True,
-        broker_transport_options={"visibility_timeout": visibility_timeout(env)},
+        broker_transport_options={"visibility_timeout": read("BROKER_VISIBILITY_TIMEOUT", env)},
         result_backend_transport_options={"retry_policy": {"timeout": 10.0}},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -75,28 +59,3 @@ def make_app(env=None) -> Celery:
 
 
 app = make_app()
-
-
-@signals.worker_init.connect
-def _validate_settings(**_):
-    """Fail at start, naming the variable, rather than at 23:10 in the middle of the night."""
-    from worker.settings import Settings
-
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        log.critical("taiga-backup: invalid setting: %s", exc)
-        raise SystemExit(f"taiga-backup: invalid setting: {exc}")
-    from worker import redact
-
-    redact.register(*settings.secrets())
-    redact.install_log_filter()
-
-
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
-def _redact_logs(logger=None, **_):
-    from worker.redact import RedactingFilter
-
-    for handler in (logger.handlers if logger else []):
-        handler.addFilter(RedactingFilter())

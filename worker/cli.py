@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
+
+from worker.jobs import requests
+from worker.settings import read
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 
 # command -> (task name, how to build kwargs from the parsed arguments)
 JOBS = {
-    "backup": ("taiga_backup.backup", lambda a: {"trigger": "manual"}),
-    "restore": ("taiga_backup.restore", lambda a: {
+    "backup": (requests.BACKUP, lambda a: {"trigger": "manual"}),
+    "restore": (requests.RESTORE, lambda a: {
         k: v for k, v in {"snapshot": a.snapshot, "before": a.before,
                           "safety_backup": False if a.no_safety_backup else None}.items() if v is not None}),
-    "change-password": ("taiga_backup.change_password", lambda a: {}),
-    "prune": ("taiga_backup.prune", lambda a: {"dry_run": True} if a.dry_run else {}),
-    "check": ("taiga_backup.check", lambda a: {"read_data_subset": a.read_data_subset} if a.read_data_subset else {}),
-    "verify": ("taiga_backup.verify", lambda a: {}),
-    "resume": ("taiga_backup.resume", lambda a: {}),
+    "change-password": (requests.CHANGE_PASSWORD, lambda a: {}),
+    "prune": (requests.PRUNE, lambda a: {"dry_run": True} if a.dry_run else {}),
+    "check": (requests.CHECK, lambda a: {"read_data_subset": a.read_data_subset} if a.read_data_subset else {}),
+    "verify": (requests.VERIFY, lambda a: {}),
+    "resume": (requests.RESUME, lambda a: {}),
 }
 
 
@@ -48,8 +50,8 @@ def _settings():
 
 def _report(settings_or_none, task_id: str) -> dict | None:
     """Our own report (kept in Redis for failures too), if the job got far enough to write one."""
-    from worker.redis_client import connect
-    from tasks.job import report_key
+    from worker.adapters.redis_store import connect
+    from worker.jobs.job import report_key
 
     try:
         from worker.settings import Settings
@@ -155,7 +157,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_snapshots(args) -> int:
-    from worker.catalog import list_backups
+    from worker.backups.catalog import list_backups
 
     backups = [b.as_dict() for b in list_backups(_settings())]
     if args.json:
@@ -173,11 +175,11 @@ def cmd_snapshots(args) -> int:
 
 
 def cmd_init(args) -> int:
-    from worker import repositories
+    from worker.backups import layout
 
     settings = _settings()
     out = {}
-    for name, repo in repositories.both(settings).items():
+    for name, repo in layout.both(settings).items():
         out[name] = "created" if repo.init_if_missing() else "exists"
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
     return EXIT_OK
@@ -246,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run the Celery worker (with --beat: and the schedule)")
     w.add_argument("--beat", action="store_true", help="embed Celery beat (only one replica may do this)")
-    w.add_argument("--loglevel", default=os.environ.get("LOG_LEVEL", "INFO"))
-    w.add_argument("--schedule-file", default=os.environ.get("BEAT_SCHEDULE_FILE", "/tmp/taiga-backup-beat"))
+    w.add_argument("--loglevel", default=read("LOG_LEVEL"))
+    w.add_argument("--schedule-file", default=read("BEAT_SCHEDULE_FILE"))
     w.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("ping", help="exit 0 when a worker answers (health checks)")

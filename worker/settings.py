@@ -1,30 +1,37 @@
-"""Settings from the environment, validated once, with the old procedure's variable names.
+"""Every setting of taiga-backup, declared once, with the old procedure's variable names.
 
-Every secret may come as NAME_FILE (preferred, the Kubernetes way) or NAME. Secrets are kept
-in `Secret` objects whose repr never shows the value, so a settings object can be logged or end
-up in a traceback without leaking anything.
+`SETTINGS` is the single table: variable name, the attribute of `Settings` it fills, its default
+as it would be written in the environment, the parser that validates it, one line of
+documentation, and whether it is a secret. Everything else is derived from it: `Settings.from_env`
+(the worker and the CLI), `read` (the few values Celery, beat and logging need before the rest),
+the reference in docs/settings.md and the chart's environment (both checked against it by tests).
+
+Every secret may come as NAME_FILE (preferred, the Kubernetes way) or NAME. Secrets are kept in
+`Secret` objects whose repr never shows the value, so a settings object can be logged or end up
+in a traceback without leaking anything.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-DEFAULT_QUIESCE = "taiga-gateway-deployment,taiga-front-deployment"
-DEFAULT_RESTORE_QUIESCE = (
-    "taiga-gateway-deployment,taiga-front-deployment,taiga-back-deployment,"
-    "taiga-async-deployment,taiga-events-deployment,taiga-protected-deployment"
-)
+from worker.errors import OperatorError
+
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PG_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 _CHOWN = re.compile(r"^\d+:\d+$")
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+OFF = ("off", "never", "disabled")
 
 
-class SettingsError(ValueError):
+class SettingsError(OperatorError, ValueError):
     """A missing or invalid setting; the message names the variable."""
 
 
@@ -48,16 +55,9 @@ class Secret:
     __str__ = __repr__
 
 
-def _get(env, name, default=None):
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip()
-
-
 def read_secret(env, name: str, required: bool = False) -> Secret:
     """NAME_FILE wins over NAME; a named file that cannot be read is an error, not a silent blank."""
-    path = _get(env, name + "_FILE")
+    path = (env.get(name + "_FILE") or "").strip()
     if path:
         try:
             value = Path(path).read_text().strip("\r\n")
@@ -72,58 +72,39 @@ def read_secret(env, name: str, required: bool = False) -> Secret:
     return Secret(value)
 
 
-def _url_secret(env, name: str) -> Secret:
-    """A notification URL: often carries a token, so it is a secret; http(s) only."""
-    url = read_secret(env, name)
-    if url and not re.match(r"^https?://[^/\s]+", url.reveal().strip()):
-        raise SettingsError(f"{name}: expected an http:// or https:// URL")
-    return Secret(url.reveal().strip())
+# -- parsers: (variable name, text or None) -> value; None only where the default is None ------
+Parser = Callable[[str, "str | None"], object]
 
 
-def visibility_timeout(env) -> float:
-    """Seconds before Redis hands an unacknowledged message to another worker (read by the
-    Celery app at import, validated here with the rest)."""
-    return _float(env, "BROKER_VISIBILITY_TIMEOUT", 24 * 3600.0, minimum=1)
+def _text(name, raw):
+    return raw
 
 
-def _broker_tls(env, broker: str, backend: str) -> dict:
-    """TLS options for our own Redis connections; also refuses half a signing configuration."""
-    from . import security
-
-    security.signing(env)
-    return security.redis_tls(env, (broker, backend))
-
-
-def _int(env, name, default, minimum=0):
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
-    return value
+def _integer(minimum: int = 0) -> Parser:
+    def parse(name, raw):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
-def _float(env, name, default, minimum=0.0):
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
-    return value
+def _number(minimum: float = 0.0) -> Parser:
+    def parse(name, raw):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
-def _bool(env, name, default):
-    raw = _get(env, name)
-    if raw is None:
-        return default
+def _boolean(name, raw):
     if raw.lower() in ("1", "true", "yes", "on"):
         return True
     if raw.lower() in ("0", "false", "no", "off"):
@@ -131,15 +112,81 @@ def _bool(env, name, default):
     raise SettingsError(f"{name}: expected true or false, got {raw!r}")
 
 
-def _names(env, name, default):
-    raw = env.get(name)
-    if raw is None:
-        raw = default
-    names = [part.strip() for part in raw.split(",") if part.strip()]
+def _choice(*allowed: str) -> Parser:
+    def parse(name, raw):
+        if raw not in allowed:
+            raise SettingsError(f"{name}: expected {' or '.join(allowed)}, got {raw!r}")
+        return raw
+    return parse
+
+
+def _pg_name(name, raw):
+    if raw is not None and not _PG_IDENT.match(raw):
+        raise SettingsError(f"{name}: {raw!r} is not a plain PostgreSQL name")
+    return raw
+
+
+def _host_name(name, raw):
+    if not _HOST.match(raw):
+        raise SettingsError(f"{name}: {raw!r} is not a valid host name")
+    return raw
+
+
+def _deployments(name, raw):
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
     for item in names:
         if not _K8S_NAME.match(item):
             raise SettingsError(f"{name}: {item!r} is not a valid Kubernetes name")
-    return tuple(names)
+    return names
+
+
+def _namespace(name, raw):
+    if raw is None:
+        try:
+            raw = _SA_NAMESPACE.read_text().strip()
+        except OSError:
+            raw = "taiga"
+    if not _K8S_NAME.match(raw):
+        raise SettingsError(f"{name}: {raw!r} is not a valid namespace name")
+    return raw
+
+
+def _chown(name, raw):
+    if raw.lower() in ("off", "none", "no"):
+        return None
+    if not _CHOWN.match(raw):
+        raise SettingsError(f"{name}: expected UID:GID or off, got {raw!r}")
+    return raw
+
+
+def _redis_url(name, raw):
+    if raw is not None and not re.match(r"^(redis|rediss|memory)://", raw.strip()):
+        raise SettingsError(f"{name}: only redis:// or rediss:// URLs are supported")
+    return raw and raw.strip()
+
+
+def _secret(name, raw):
+    return Secret(raw or "")
+
+
+def _http_url(name, raw):
+    """A notification URL: often carries a token, so it is a secret; http(s) only."""
+    url = (raw or "").strip()
+    if url and not re.match(r"^https?://[^/\s]+", url):
+        raise SettingsError(f"{name}: expected an http:// or https:// URL")
+    return Secret(url)
+
+
+def _readable_file(name, raw):
+    if raw is not None and (not os.path.isfile(raw) or not os.access(raw, os.R_OK)):
+        raise SettingsError(f"{name}: cannot read {raw}")
+    return raw
+
+
+def _password_file(name, raw):
+    if not os.path.isfile(raw):
+        raise SettingsError(f"{name}: {raw} does not exist")
+    return raw
 
 
 def validate_cron(name: str, expr: str) -> str:
@@ -156,6 +203,11 @@ def validate_cron(name: str, expr: str) -> str:
     return expr
 
 
+def _schedule(name, raw):
+    """A cron expression, or off."""
+    return None if raw.lower() in OFF else validate_cron(name, raw)
+
+
 def validate_timezone(name: str, tz: str) -> str:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -166,56 +218,214 @@ def validate_timezone(name: str, tz: str) -> str:
     return tz
 
 
-def _pg_host_port(env):
+def _port(name, raw):
+    if raw is not None and (not raw.isdigit() or not 0 < int(raw) < 65536):
+        raise SettingsError(f"{name}: invalid port {raw!r}")
+    return raw and int(raw)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable. `field` is the Settings attribute it fills (None: read on its
+    own with `read`, or combined with others in `from_env`)."""
+
+    env: str
+    field: str | None
+    default: str | None
+    parse: Parser
+    doc: str
+    secret: bool = False      # may come as NAME_FILE; never printed
+    required: bool = False
+    blank_ok: bool = False    # an empty value means "none" rather than "the default"
+    missing: str = ""         # the error when a required one is missing
+
+
+DEFAULT_QUIESCE = "taiga-gateway-deployment,taiga-front-deployment"
+DEFAULT_RESTORE_QUIESCE = (
+    "taiga-gateway-deployment,taiga-front-deployment,taiga-back-deployment,"
+    "taiga-async-deployment,taiga-events-deployment,taiga-protected-deployment"
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- broker and results --------------------------------------------------------------------
+    Setting("CELERY_BROKER_URL", "broker_url", "redis://localhost:6379/0", _redis_url,
+            "Redis URL of the message broker (redis:// or rediss://)", secret=True),
+    Setting("CELERY_RESULT_BACKEND", "result_backend", None, _redis_url,
+            "Redis URL where results and reports are kept; default: the broker", secret=True),
+    Setting("BROKER_VISIBILITY_TIMEOUT", None, "86400", _number(1),
+            "seconds before Redis hands an unacknowledged message to another worker"),
+    Setting("CELERY_REDIS_CA_FILE", None, None, _readable_file, "CA certificate for rediss:// connections"),
+    Setting("CELERY_REDIS_CERT_FILE", None, None, _readable_file, "client certificate for rediss://"),
+    Setting("CELERY_REDIS_KEY_FILE", None, None, _readable_file, "client key for rediss://"),
+    Setting("CELERY_SECURITY_KEY_FILE", None, None, _readable_file, "private key that signs messages"),
+    Setting("CELERY_SECURITY_CERT_FILE", None, None, _readable_file, "certificate of that key"),
+    Setting("CELERY_SECURITY_CERT_STORE", None, None, _text,
+            "trusted signers' certificates (a file, a directory or a glob); message signing is on when "
+            "the three CELERY_SECURITY_* are set"),
+    # -- repositories --------------------------------------------------------------------------
+    Setting("RESTIC_REPOSITORY", "restic_repository", None, _text,
+            "base URL of the repositories; `files` and `pg-database` live below it", required=True,
+            missing="RESTIC_REPOSITORY must be set (base URL; files and pg-database live below it)"),
+    Setting("RESTIC_PASSWORD_FILE", "restic_password_file", None, _password_file,
+            "file holding the repositories' password", required=True,
+            missing="RESTIC_PASSWORD_FILE must be set (a file holding the repository password)"),
+    Setting("RESTIC_NEW_PASSWORD_FILE", "restic_new_password_file", None, _text,
+            "file holding the new password, for change-password"),
+    Setting("RESTIC_HOST", "restic_host", "taiga-backup", _host_name,
+            "host name recorded in snapshots (stable, so retention and parents work across pods)"),
+    Setting("RESTIC_CACHE_DIR", "cache_dir", None, _text, "restic's cache directory"),
+    Setting("AWS_ACCESS_KEY_ID", "aws_access_key_id", None, _secret, "S3 access key", secret=True),
+    Setting("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", None, _secret, "S3 secret key", secret=True),
+    Setting("AWS_DEFAULT_REGION", "aws_default_region", None, _text, "S3 region"),
+    # -- database ------------------------------------------------------------------------------
+    Setting("POSTGRES_HOST", None, None, _text, "database host, or host:port"),
+    Setting("POSTGRES_SERVICE", None, None, _text, "database host (wins over POSTGRES_HOST)"),
+    Setting("POSTGRES_PORT", None, None, _port, "database port; default: from POSTGRES_HOST, else 5432"),
+    Setting("POSTGRES_DB", "pg_db", "taiga", _pg_name, "the application database"),
+    Setting("POSTGRES_USER", "pg_user", "taiga", _pg_name, "the role taiga-backup connects as"),
+    Setting("POSTGRES_PASSWORD", "pg_password", None, _secret, "that role's password", secret=True),
+    Setting("PG_DUMP_FORMAT", "pg_dump_format", "plain", _choice("plain", "custom"),
+            "pg_dump format: plain (the old procedure's) or custom (uncompressed archive)"),
+    # -- media and Kubernetes ------------------------------------------------------------------
+    Setting("BACKUP_FILES_DIR", "files_dir", "/media", _text, "the media volume's mount point"),
+    Setting("KUBE_NAMESPACE", "kube_namespace", None, _namespace,
+            "namespace of Taiga's deployments; default: the pod's own, else taiga"),
+    Setting("QUIESCE_DEPLOYMENTS", "quiesce_deployments", DEFAULT_QUIESCE, _deployments,
+            "deployments scaled to 0 during a backup (empty: none)", blank_ok=True),
+    Setting("RESTORE_QUIESCE_DEPLOYMENTS", "restore_quiesce_deployments", DEFAULT_RESTORE_QUIESCE,
+            _deployments, "deployments scaled to 0 during a restore (empty: none)", blank_ok=True),
+    Setting("RESTORE_CHOWN", "restore_chown", "999:999", _chown, "owner given to restored media (or off)"),
+    # -- schedule and retention ----------------------------------------------------------------
+    Setting("BACKUP_SCHEDULE", None, "10 23 * * *", _schedule, "cron of the nightly backup (or off)"),
+    Setting("PRUNE_SCHEDULE", None, "40 23 * * *", _schedule, "cron of retention (or off)"),
+    Setting("CHECK_SCHEDULE", None, "10 2 * * 0", _schedule, "cron of the repository check (or off)"),
+    Setting("VERIFY_SCHEDULE", None, "10 3 * * 0", _schedule, "cron of the restore drill (or off)"),
+    Setting("BACKUP_TIMEZONE", "timezone", "UTC", validate_timezone, "time zone of the cron schedules"),
+    Setting("RESTIC_DAYS_TO_KEEP", "days_to_keep", "30", _integer(1), "keep every backup of this many days"),
+    Setting("RESTIC_KEEP_DAILY", "keep_daily", "0", _integer(), "also keep this many daily backups"),
+    Setting("RESTIC_KEEP_WEEKLY", "keep_weekly", "0", _integer(), "also keep this many weekly backups"),
+    Setting("RESTIC_KEEP_MONTHLY", "keep_monthly", "0", _integer(), "also keep this many monthly backups"),
+    Setting("RESTIC_KEEP_YEARLY", "keep_yearly", "0", _integer(), "also keep this many yearly backups"),
+    # -- how jobs run --------------------------------------------------------------------------
+    Setting("BACKUP_PARALLEL", "parallel_backup", "true", _boolean,
+            "dump the database and back up the media at the same time"),
+    Setting("PREFLIGHT_TIMEOUT", "preflight_timeout", "120", _number(1), "seconds for the checks before a backup"),
+    Setting("QUIESCE_TIMEOUT", "quiesce_timeout", "300", _number(1), "seconds for the pods to stop"),
+    Setting("RESUME_TIMEOUT", "resume_timeout", "300", _number(1), "seconds for the pods to be available again"),
+    Setting("DUMP_TIMEOUT", "dump_timeout", "14400", _number(1), "seconds for the database dump"),
+    Setting("FILES_TIMEOUT", "files_timeout", "21600", _number(1), "seconds for the media backup"),
+    Setting("RESTORE_TIMEOUT", "restore_timeout", "21600", _number(1),
+            "seconds for each long restore, check or drill step"),
+    Setting("DISCARD_TIMEOUT", "discard_timeout", "600", _number(1), "seconds to forget a failed backup's snapshots"),
+    Setting("JOB_LOCK_LEASE", "lock_lease_seconds", "30", _integer(5),
+            "seconds of the one-job-per-repository lease (renewed while the job runs)"),
+    Setting("RESTIC_LOCK_WAIT", "restic_lock_wait", "120", _number(), "seconds to wait for someone else's restic lock"),
+    Setting("CHECK_SUBSET_PARTS", "check_subset_parts", "10", _integer(1),
+            "the check reads 1/N of the data each run, a different part each time"),
+    # -- restore drill -------------------------------------------------------------------------
+    Setting("VERIFY_DIR", "verify_dir", None, _text, "where the drill restores the media; default: the temp dir"),
+    Setting("VERIFY_POSTGRES_HOST", None, None, _text, "the drill's server (host or host:port); default: the app's"),
+    Setting("VERIFY_POSTGRES_USER", "verify_pg_user", None, _pg_name, "role on the drill's server"),
+    Setting("VERIFY_POSTGRES_PASSWORD", "verify_pg_password", None, _secret, "its password", secret=True),
+    Setting("VERIFY_POSTGRES_DB", "verify_pg_db", None, _pg_name, "database to connect to there"),
+    # -- telling people ------------------------------------------------------------------------
+    Setting("METRICS_PORT", "metrics_port", "9808", _integer(), "Prometheus metrics port (0: off)"),
+    Setting("NOTIFY_WEBHOOK_URL", "notify_webhook_url", None, _http_url,
+            "JSON webhook after every job (Slack, Mattermost, ...)", secret=True),
+    Setting("HEALTHCHECK_PING_URL", "healthcheck_ping_url", None, _http_url,
+            "healthchecks.io-style ping URL for the backup", secret=True),
+    Setting("LOG_FORMAT", "log_format", "text", _choice("text", "json"), "text, or one JSON object per line"),
+    Setting("LOG_LEVEL", None, "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "the worker's log level"),
+    Setting("BEAT_SCHEDULE_FILE", None, "/tmp/taiga-backup-beat", _text, "where embedded beat keeps its state"),
+)
+BY_ENV = {s.env: s for s in SETTINGS}
+TLS_FILES = ("CELERY_REDIS_CA_FILE", "CELERY_REDIS_CERT_FILE", "CELERY_REDIS_KEY_FILE")
+SIGNING = ("CELERY_SECURITY_KEY_FILE", "CELERY_SECURITY_CERT_FILE", "CELERY_SECURITY_CERT_STORE")
+
+
+def read(name: str, env=None):
+    """One setting, parsed and validated (the default when unset)."""
+    s = BY_ENV[name]
+    env = os.environ if env is None else env
+    if s.secret:
+        raw = read_secret(env, name).reveal() or None
+    else:
+        raw = env.get(name)
+        if raw is not None:
+            raw = raw.strip()
+            if not raw and not s.blank_ok:
+                raw = None
+    if raw is None:
+        if s.required:
+            raise SettingsError(s.missing or f"{name} must be set")
+        raw = s.default
+    return s.parse(name, raw)
+
+
+def broker_urls(env=None) -> tuple[str, str]:
+    """Broker and result backend: all a client (the CLI, Flower, a chat-ops bot) needs."""
+    broker = read("CELERY_BROKER_URL", env)
+    return broker, read("CELERY_RESULT_BACKEND", env) or broker
+
+
+def redis_tls(env, urls) -> dict:
+    """TLS options for every rediss:// connection (redis-py and Celery use the same names);
+    {} without TLS. Certificate files with a plain redis:// URL are a mistake, not a fallback."""
+    ca, cert, key = (read(name, env) for name in TLS_FILES)
+    if not any(url.startswith("rediss://") for url in urls):
+        if ca or cert or key:
+            raise SettingsError("CELERY_REDIS_*_FILE are set but the broker URL is not rediss://")
+        return {}
+    if bool(cert) != bool(key):
+        raise SettingsError("CELERY_REDIS_CERT_FILE and CELERY_REDIS_KEY_FILE must be set together")
+    options = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if ca:
+        options["ssl_ca_certs"] = ca
+    if cert:
+        options.update(ssl_certfile=cert, ssl_keyfile=key)
+    return options
+
+
+def signing(env) -> dict | None:
+    """Key, certificate and trusted store (a file, a directory or a glob) for message signing;
+    None when signing is off. Half a configuration is refused rather than silently unsigned."""
+    key, cert, store = (read(name, env) for name in SIGNING)
+    if not (key or cert or store):
+        return None
+    if not (key and cert and store):
+        raise SettingsError("message signing needs all of " + ", ".join(SIGNING))
+    pattern = os.path.join(store, "*") if os.path.isdir(store) else store
+    if not glob.glob(pattern):
+        raise SettingsError(f"CELERY_SECURITY_CERT_STORE: no certificate at {store}")
+    return {"key": key, "cert": cert, "store": store}
+
+
+def _pg_host_port(env) -> dict:
     """POSTGRES_SERVICE/POSTGRES_PORT win; POSTGRES_HOST may be 'host' or 'host:port' (the seed sets both)."""
-    host = _get(env, "POSTGRES_SERVICE")
-    port = _get(env, "POSTGRES_PORT")
-    combined = _get(env, "POSTGRES_HOST")
+    host, port = read("POSTGRES_SERVICE", env), read("POSTGRES_PORT", env)
+    combined = read("POSTGRES_HOST", env)
     if combined:
         c_host, _, c_port = combined.rpartition(":") if ":" in combined else (combined, "", "")
         host = host or c_host
-        port = port or c_port or None
-    host = host or "localhost"
-    port = port or "5432"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"POSTGRES_PORT: invalid port {port!r}")
-    return host, int(port)
+        port = port or _port("POSTGRES_PORT", c_port or None)
+    return {"pg_host": host or "localhost", "pg_port": port or 5432}
 
 
 def _verify_postgres(env) -> dict:
-    """The restore drill's server: VERIFY_POSTGRES_HOST (host or host:port); unset means the app's
-    own server and credentials."""
-    combined = _get(env, "VERIFY_POSTGRES_HOST")
+    """The restore drill's server: VERIFY_POSTGRES_HOST (host or host:port); unset means the app's."""
+    combined = read("VERIFY_POSTGRES_HOST", env)
     if not combined:
-        return {}
+        return {"verify_pg_host": None, "verify_pg_port": 5432}
     host, _, port = combined.rpartition(":") if ":" in combined else (combined, "", "5432")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise SettingsError(f"VERIFY_POSTGRES_HOST: expected host or host:port, got {combined!r}")
-    out = {"verify_pg_host": host, "verify_pg_port": int(port),
-           "verify_pg_password": read_secret(env, "VERIFY_POSTGRES_PASSWORD")}
-    for name, key in (("VERIFY_POSTGRES_USER", "verify_pg_user"), ("VERIFY_POSTGRES_DB", "verify_pg_db")):
-        value = _get(env, name)
-        if value is not None and not _PG_IDENT.match(value):
-            raise SettingsError(f"{name}: {value!r} is not a plain PostgreSQL name")
-        out[key] = value
-    return out
-
-
-def _namespace(env):
-    ns = _get(env, "KUBE_NAMESPACE")
-    if ns is None:
-        try:
-            ns = _SA_NAMESPACE.read_text().strip()
-        except OSError:
-            ns = "taiga"
-    if not _K8S_NAME.match(ns):
-        raise SettingsError(f"KUBE_NAMESPACE: {ns!r} is not a valid namespace name")
-    return ns
+    return {"verify_pg_host": host, "verify_pg_port": int(port)}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """All settings of a worker or CLI process. Build with Settings.from_env()."""
+    """All settings of a worker or CLI process. Build with Settings.from_env(); the fields are
+    those named in SETTINGS plus the few combined from several variables."""
 
     broker_url: str
     result_backend: str
@@ -223,6 +433,7 @@ class Settings:
     restic_password_file: str
     restic_new_password_file: str | None
     restic_host: str
+    cache_dir: str | None
     aws_access_key_id: Secret
     aws_secret_access_key: Secret
     aws_default_region: str | None
@@ -244,34 +455,27 @@ class Settings:
     keep_monthly: int
     keep_yearly: int
     parallel_backup: bool
+    preflight_timeout: float
     quiesce_timeout: float
     resume_timeout: float
     dump_timeout: float
     files_timeout: float
     restore_timeout: float
+    discard_timeout: float
     lock_lease_seconds: int
     restic_lock_wait: float
+    check_subset_parts: int
+    verify_dir: str | None
+    verify_pg_host: str | None
+    verify_pg_port: int
+    verify_pg_user: str | None
+    verify_pg_password: Secret
+    verify_pg_db: str | None
     metrics_port: int
     notify_webhook_url: Secret
     healthcheck_ping_url: Secret
     log_format: str
-    cache_dir: str | None
-    extra: dict = field(default_factory=dict, repr=False)
-    preflight_timeout: float = 120.0
-    discard_timeout: float = 600.0
-    broker_visibility_timeout: float = 24 * 3600.0
-    redis_ssl: dict = field(default_factory=dict, repr=False)
-    check_subset_parts: int = 10
-    verify_dir: str | None = None
-    verify_pg_host: str | None = None
-    verify_pg_port: int = 5432
-    verify_pg_user: str | None = None
-    verify_pg_password: Secret = field(default_factory=lambda: Secret(""))
-    verify_pg_db: str | None = None
-
-    @property
-    def kube_enabled(self) -> bool:
-        return bool(self.quiesce_deployments or self.restore_quiesce_deployments)
+    redis_ssl: dict = field(repr=False)
 
     def repo_url(self, name: str) -> str:
         """The seed's layout: two repositories below the base URL."""
@@ -284,89 +488,15 @@ class Settings:
     @classmethod
     def from_env(cls, env=None) -> "Settings":
         env = os.environ if env is None else env
-        broker = read_secret(env, "CELERY_BROKER_URL").reveal() or "redis://localhost:6379/0"
-        backend = read_secret(env, "CELERY_RESULT_BACKEND").reveal() or broker
-        for name, url in (("CELERY_BROKER_URL", broker), ("CELERY_RESULT_BACKEND", backend)):
-            if not re.match(r"^(redis|rediss|memory)://", url):
-                raise SettingsError(f"{name}: only redis:// or rediss:// URLs are supported")
-
-        repo = _get(env, "RESTIC_REPOSITORY")
-        if not repo:
-            raise SettingsError("RESTIC_REPOSITORY must be set (base URL; files and pg-database live below it)")
-        pw_file = _get(env, "RESTIC_PASSWORD_FILE")
-        if not pw_file:
-            raise SettingsError("RESTIC_PASSWORD_FILE must be set (a file holding the repository password)")
-        if not os.path.isfile(pw_file):
-            raise SettingsError(f"RESTIC_PASSWORD_FILE: {pw_file} does not exist")
-
-        restic_host = _get(env, "RESTIC_HOST", "taiga-backup")
-        if not _HOST.match(restic_host):
-            raise SettingsError(f"RESTIC_HOST: {restic_host!r} is not a valid host name")
-
-        pg_host, pg_port = _pg_host_port(env)
-        for name, default in (("POSTGRES_DB", "taiga"), ("POSTGRES_USER", "taiga")):
-            if not _PG_IDENT.match(_get(env, name, default)):
-                raise SettingsError(f"{name}: {_get(env, name)!r} is not a plain PostgreSQL name")
-        fmt = _get(env, "PG_DUMP_FORMAT", "plain")
-        if fmt not in ("plain", "custom"):
-            raise SettingsError(f"PG_DUMP_FORMAT: expected plain or custom, got {fmt!r}")
-        log_format = _get(env, "LOG_FORMAT", "text")
-        if log_format not in ("text", "json"):
-            raise SettingsError(f"LOG_FORMAT: expected text or json, got {log_format!r}")
-        chown = _get(env, "RESTORE_CHOWN", "999:999")
-        if chown.lower() in ("off", "none", "no"):
-            chown = None
-        elif not _CHOWN.match(chown):
-            raise SettingsError(f"RESTORE_CHOWN: expected UID:GID or off, got {chown!r}")
-
-        return cls(
-            broker_url=broker,
-            result_backend=backend,
-            restic_repository=repo,
-            restic_password_file=pw_file,
-            restic_new_password_file=_get(env, "RESTIC_NEW_PASSWORD_FILE"),
-            restic_host=restic_host,
-            aws_access_key_id=read_secret(env, "AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=read_secret(env, "AWS_SECRET_ACCESS_KEY"),
-            aws_default_region=_get(env, "AWS_DEFAULT_REGION"),
-            pg_host=pg_host,
-            pg_port=pg_port,
-            pg_db=_get(env, "POSTGRES_DB", "taiga"),
-            pg_user=_get(env, "POSTGRES_USER", "taiga"),
-            pg_password=read_secret(env, "POSTGRES_PASSWORD"),
-            pg_dump_format=fmt,
-            files_dir=_get(env, "BACKUP_FILES_DIR", "/media"),
-            kube_namespace=_namespace(env),
-            quiesce_deployments=_names(env, "QUIESCE_DEPLOYMENTS", DEFAULT_QUIESCE),
-            restore_quiesce_deployments=_names(env, "RESTORE_QUIESCE_DEPLOYMENTS", DEFAULT_RESTORE_QUIESCE),
-            restore_chown=chown,
-            timezone=validate_timezone("BACKUP_TIMEZONE", _get(env, "BACKUP_TIMEZONE", "UTC")),
-            days_to_keep=_int(env, "RESTIC_DAYS_TO_KEEP", 30, minimum=1),
-            keep_daily=_int(env, "RESTIC_KEEP_DAILY", 0),
-            keep_weekly=_int(env, "RESTIC_KEEP_WEEKLY", 0),
-            keep_monthly=_int(env, "RESTIC_KEEP_MONTHLY", 0),
-            keep_yearly=_int(env, "RESTIC_KEEP_YEARLY", 0),
-            parallel_backup=_bool(env, "BACKUP_PARALLEL", True),
-            quiesce_timeout=_float(env, "QUIESCE_TIMEOUT", 300.0, minimum=1),
-            resume_timeout=_float(env, "RESUME_TIMEOUT", 300.0, minimum=1),
-            dump_timeout=_float(env, "DUMP_TIMEOUT", 4 * 3600.0, minimum=1),
-            files_timeout=_float(env, "FILES_TIMEOUT", 6 * 3600.0, minimum=1),
-            restore_timeout=_float(env, "RESTORE_TIMEOUT", 6 * 3600.0, minimum=1),
-            lock_lease_seconds=_int(env, "JOB_LOCK_LEASE", 30, minimum=5),
-            restic_lock_wait=_float(env, "RESTIC_LOCK_WAIT", 120.0),
-            metrics_port=_int(env, "METRICS_PORT", 9808),
-            notify_webhook_url=_url_secret(env, "NOTIFY_WEBHOOK_URL"),
-            healthcheck_ping_url=_url_secret(env, "HEALTHCHECK_PING_URL"),
-            log_format=log_format,
-            cache_dir=_get(env, "RESTIC_CACHE_DIR"),
-            preflight_timeout=_float(env, "PREFLIGHT_TIMEOUT", 120.0, minimum=1),
-            discard_timeout=_float(env, "DISCARD_TIMEOUT", 600.0, minimum=1),
-            broker_visibility_timeout=visibility_timeout(env),
-            redis_ssl=_broker_tls(env, broker, backend),
-            check_subset_parts=_int(env, "CHECK_SUBSET_PARTS", 10, minimum=1),
-            verify_dir=_get(env, "VERIFY_DIR"),
-            **_verify_postgres(env),
-        )
+        values = {s.field: read(s.env, env) for s in SETTINGS if s.field}
+        values["result_backend"] = values["result_backend"] or values["broker_url"]
+        values.update(_pg_host_port(env), **_verify_postgres(env))
+        for s in SETTINGS:  # validated here too, so a bad one stops the worker at start
+            if not s.field:
+                read(s.env, env)
+        signing(env)  # refuses half a signing configuration
+        values["redis_ssl"] = redis_tls(env, (values["broker_url"], values["result_backend"]))
+        return cls(**values)
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log/exception redactor."""
@@ -388,4 +518,5 @@ class Settings:
         return values
 
 
-__all__ = ["Settings", "SettingsError", "Secret", "read_secret", "validate_cron", "validate_timezone"]
+__all__ = ["Settings", "SettingsError", "Secret", "SETTINGS", "Setting", "read", "read_secret", "broker_urls",
+           "redis_tls", "signing", "validate_cron", "validate_timezone"]

@@ -1,0 +1,81 @@
+"""Steps the tests take again and again: run a job in-process, hold pg_dump up, describe the state
+a restore must reproduce, change it, start a worker whose start-up reconcile is over."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+
+import psycopg
+
+from testkit import dataset
+from testkit.site import BACKUP_DEPLOYMENTS, RESTORE_ONLY_DEPLOYMENTS
+
+ALL_DEPLOYMENTS = {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}
+ODD_NAMES = ["with space.txt", "ünïcödé 名前.md", "-leading-dash", "quote'single\"double", "semi;colon $(x) `y`",
+             "line\nbreak", "dir with space/-nested 'odd'"]
+_seeds = itertools.count(100)
+
+
+def run_backup(trigger="manual"):
+    """The backup job in this process (no queue), as the task runs it."""
+    from tasks.backup import take_backup
+    from worker.jobs.job import run_job
+
+    return run_job(None, "backup", lambda job: take_backup(job, trigger))
+
+
+def run_restore(*args, **kwargs) -> dict:
+    """The restore job in this process, request validation first, as the task runs it."""
+    from tasks.restore import restore_backup
+    from worker.jobs import requests
+    from worker.jobs.job import run_job
+
+    request = requests.restore_request(args, kwargs)
+    return run_job(None, "restore", lambda job: restore_backup(job, request))
+
+
+def snapshots(site, repo):
+    return json.loads(site.restic(repo, "snapshots", "--json").stdout or b"[]")
+
+
+def hold_table_lock(site):
+    """Keeps pg_dump waiting (so a backup stays running) until the returned connection rolls back."""
+    conn = psycopg.connect(site.pg.admin_conninfo(site.dbname))
+    conn.execute("begin")
+    conn.execute("lock table projects_project in access exclusive mode")
+    return conn
+
+
+def state(site) -> dict:
+    """What a restore must reproduce: every table's rows and sequences, every file's bytes."""
+    return {"db": dataset.table_checksums(site.conninfo), "files": dataset.tree_digest(str(site.media))}
+
+
+def add_odd_files(media) -> None:
+    for name in ODD_NAMES:
+        path = media / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode() * 3)
+    os.symlink("with space.txt", media / "link to space")
+
+
+def change_everything(site) -> None:
+    """A day of work plus files added, changed and deleted since the backup."""
+    dataset.apply_day_of_changes(site.conninfo, str(site.media), seed=next(_seeds))
+    (site.media / "added since.bin").write_bytes(os.urandom(3000))
+    (site.media / "new dir" / "deeper").mkdir(parents=True, exist_ok=True)
+    (site.media / "new dir" / "deeper" / "f").write_text("new")
+    (site.media / "with space.txt").write_text("changed")
+    (site.media / "-leading-dash").unlink(missing_ok=True)
+
+
+def start_idle_worker(start_worker, celery_client, **env):
+    """A worker whose start-up reconcile is over: it holds the repository lease for a moment, and a
+    backup arriving meanwhile is refused. Its second, delayed one comes after the test (long lease)."""
+    worker = start_worker(JOB_LOCK_LEASE=120, **env)
+    while celery_client.send_task("taiga_backup.reconcile").get(timeout=30)["state"] != "ok":
+        time.sleep(0.1)
+    return worker

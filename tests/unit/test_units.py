@@ -1,0 +1,162 @@
+"""Fast unit tests of the pieces with no server behind them (fakeredis for the lease)."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+
+import beat_schedule
+from worker.adapters import process
+from worker import redact
+from worker.backups.catalog import pair
+from worker.jobs.lease import JobBusy, JobLock
+from worker.settings import Settings, SettingsError
+
+
+@pytest.fixture
+def env(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("s3cr3t-restic\n")
+    return {"RESTIC_REPOSITORY": str(tmp_path / "repo"), "RESTIC_PASSWORD_FILE": str(pw)}
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("RESTIC_REPOSITORY", "", "RESTIC_REPOSITORY must be set"),
+    ("POSTGRES_PORT", "54x", "POSTGRES_PORT: invalid port"),
+    ("QUIESCE_DEPLOYMENTS", "ok-name,Bad_Name", "QUIESCE_DEPLOYMENTS: 'Bad_Name'"),
+    ("PG_DUMP_FORMAT", "tar", "PG_DUMP_FORMAT: expected plain or custom"),
+    ("BACKUP_TIMEZONE", "Mars/Olympus", "BACKUP_TIMEZONE: unknown time zone"),
+    ("RESTORE_CHOWN", "taiga", "RESTORE_CHOWN: expected UID:GID"),
+    ("JOB_LOCK_LEASE", "1", "JOB_LOCK_LEASE: must be at least 5"),
+    ("POSTGRES_DB", "taiga; drop", "POSTGRES_DB"),
+    ("POSTGRES_PASSWORD_FILE", "/nonexistent/pw", "POSTGRES_PASSWORD_FILE: cannot read /nonexistent/pw"),
+])
+def test_invalid_settings_name_the_variable(env, name, value, words):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({**env, name: value})
+    assert words in str(err.value)
+
+
+def test_settings_defaults_follow_the_old_procedure(env):
+    s = Settings.from_env({**env, "POSTGRES_HOST": "postgresql-service:5433"})
+    assert (s.pg_host, s.pg_port) == ("postgresql-service", 5433)
+    assert s.quiesce_deployments == ("taiga-gateway-deployment", "taiga-front-deployment")
+    assert "taiga-back-deployment" in s.restore_quiesce_deployments
+    assert s.repo_url("files") == env["RESTIC_REPOSITORY"] + "/files"
+    assert s.files_dir == "/media" and s.restore_chown == "999:999"
+    assert Settings.from_env({**env, "QUIESCE_DEPLOYMENTS": ""}).quiesce_deployments == ()
+    # POSTGRES_SERVICE/PORT win over POSTGRES_HOST, as the seed sets all three
+    s = Settings.from_env({**env, "POSTGRES_HOST": "a:1", "POSTGRES_SERVICE": "b", "POSTGRES_PORT": "2"})
+    assert (s.pg_host, s.pg_port) == ("b", 2)
+
+
+def test_secrets_never_print_themselves(env, tmp_path):
+    (tmp_path / "db").write_text("db-pass-123\n")
+    s = Settings.from_env({**env, "POSTGRES_PASSWORD_FILE": str(tmp_path / "db"),
+                           "AWS_SECRET_ACCESS_KEY": "aws-secret-456"})
+    assert "db-pass-123" not in repr(s) and "aws-secret-456" not in repr(s)
+    assert s.pg_password.reveal() == "db-pass-123"
+    assert set(s.secrets()) >= {"db-pass-123", "aws-secret-456", "s3cr3t-restic"}
+
+
+def test_redact_scrubs_registered_secrets_and_url_passwords():
+    redact.register("hunter2-long")
+    text = redact.redact("auth failed for hunter2-long at redis://:p4ss@host:6379/0")
+    assert "hunter2-long" not in text and "p4ss" not in text and "***" in text
+
+
+def test_pipe_reports_both_ends_and_stderr():
+    env = process.child_env()
+    prod, cons = process.pipe(["sh", "-c", "echo partial; echo boom >&2; exit 3"], ["cat"],
+                              producer_env=env, consumer_env=env)
+    assert (prod.returncode, cons.returncode) == (3, 0)
+    assert cons.stdout == b"partial\n"
+    assert "boom" in str(prod.error()) and "exit status 3" in str(prod.error())
+
+
+def test_run_kills_at_the_deadline():
+    t0 = time.monotonic()
+    done = process.run(["sleep", "30"], env=process.child_env(), timeout=0.5)
+    assert done.timed_out and time.monotonic() - t0 < 5
+    assert "deadline" in str(done.error())
+
+
+def test_run_refuses_a_shell_string():
+    with pytest.raises(TypeError):
+        process.run("echo hi", env=process.child_env())
+
+
+def test_child_env_is_minimal(monkeypatch):
+    monkeypatch.setenv("POSTGRES_PASSWORD", "leak-me")
+    env = process.child_env({"ONLY": "this"})
+    assert "POSTGRES_PASSWORD" not in env and env["ONLY"] == "this"
+
+
+def test_job_lease_refuses_a_second_holder_and_expires_when_the_holder_dies():
+    server = fakeredis.FakeServer()
+    first = JobLock(fakeredis.FakeRedis(server=server), "s3:bucket/taiga", lease_seconds=5)
+    second = JobLock(fakeredis.FakeRedis(server=server), "s3:bucket/taiga", lease_seconds=5)
+    other_repo = JobLock(fakeredis.FakeRedis(server=server), "s3:bucket/other", lease_seconds=5)
+    first.acquire("backup", "task-1")
+    with pytest.raises(JobBusy) as err:
+        second.acquire("restore", "task-2")
+    assert "backup task task-1" in str(err.value)
+    other_repo.acquire("backup", "task-3")  # another repository is independent
+    other_repo.release()
+    first._stop.set()  # the holder "dies": no more renewals
+    first.redis.expire(first.key, 1)
+    time.sleep(1.2)
+    second.acquire("restore", "task-2")
+    assert second.holder()["task_id"] == "task-2"
+    second.release()
+    assert second.holder() is None and second.active() is None
+
+
+def _snap(id_, time_, tags=None, host="h"):
+    return {"id": id_ * 8, "short_id": id_ * 8, "time": time_, "tags": tags, "hostname": host, "paths": ["/x"]}
+
+
+def test_backups_pair_by_tag_and_legacy_snapshots_by_nearest_time():
+    files = [_snap("a", "2026-01-01T23:10:40.123456789Z"), _snap("b", "2026-01-02T23:11:00Z"),
+             _snap("c", "2026-01-03T23:10:05Z", ["taiga-backup", "backup-id=20260103T231000Z", "kind=schedule"])]
+    db = [_snap("d", "2026-01-01T23:10:01Z"), _snap("e", "2026-01-02T23:10:02Z"),
+          _snap("f", "2026-01-03T23:10:03Z", ["taiga-backup", "backup-id=20260103T231000Z", "kind=schedule"])]
+    backups = pair(files, db)
+    assert [b.id for b in backups] == ["legacy-20260101T231001Z", "legacy-20260102T231002Z", "20260103T231000Z"]
+    assert backups[0].snapshot_ids() == {"files": "a" * 8, "pg-database": "d" * 8}
+    assert backups[1].snapshot_ids() == {"files": "b" * 8, "pg-database": "e" * 8}
+    assert backups[2].kind == "schedule" and backups[2].complete and backups[2].tagged
+
+
+def test_half_backup_is_listed_incomplete():
+    backups = pair([], [_snap("f", "2026-01-03T23:10:03Z", ["backup-id=20260103T231000Z"])])
+    assert not backups[0].complete
+
+
+def test_beat_schedule_from_settings():
+    schedule = beat_schedule.build_schedule({"BACKUP_SCHEDULE": "*/5 * * * *", "CHECK_SCHEDULE": "off"})
+    assert schedule["backup"]["task"] == "taiga_backup.backup"
+    assert "check" not in schedule and "prune" in schedule and "reconcile" in schedule
+    assert schedule["backup"]["schedule"].minute == set(range(0, 60, 5))
+    default = beat_schedule.build_schedule({})
+    assert default["backup"]["schedule"].hour == {23} and default["backup"]["schedule"].minute == {10}
+    with pytest.raises(SettingsError):
+        beat_schedule.build_schedule({"PRUNE_SCHEDULE": "every night"})
+
+
+def test_a_job_waits_briefly_behind_the_reconciler_but_not_behind_a_job():
+    import threading
+
+    server = fakeredis.FakeServer()
+    reconciler = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    job = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    reconciler.acquire("reconcile", "r-1")
+    threading.Timer(0.5, reconciler.release).start()
+    t0 = time.monotonic()
+    job.acquire("backup", "b-1", patience=10)
+    assert 0.4 < time.monotonic() - t0 < 5
+    with pytest.raises(JobBusy):
+        reconciler.acquire("reconcile", "r-2")  # a reconciler never waits behind a job
+    job.release()

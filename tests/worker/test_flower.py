@@ -1,0 +1,79 @@
+"""Flower, run as documented (`celery -A worker.celery_app flower`), sees our tasks through the
+broker's events, and asks for basic auth when FLOWER_BASIC_AUTH is set."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from testkit.site import ROOT
+from testkit.servers import free_port, wait_port
+from testkit.scenarios import start_idle_worker
+
+CREDENTIALS = "operator:flower-test-pw"
+
+
+def get(url: str, auth: str | None = None):
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def poll(url: str, done, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = get(url, CREDENTIALS)
+        if status == 200 and done(body):
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}: {status} {body}")
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def flower(site, tmp_path):
+    port = free_port()
+    # credentials in the environment, never in argv (`ps` shows argv to every user)
+    env = {**os.environ, **site.env, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "FLOWER_BASIC_AUTH": CREDENTIALS}
+    log = open(tmp_path / "flower.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower", f"--port={port}",
+                             "--address=127.0.0.1"], env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_flower_lists_a_succeeded_backup_and_wants_basic_auth(site, start_worker, celery_client, flower):
+    start_idle_worker(start_worker, celery_client)
+    assert get(f"{flower}/api/tasks")[0] == 401
+    assert get(f"{flower}/api/tasks", "operator:wrong")[0] == 401
+    # Flower knows tasks only from the events it receives: wait until the worker's reach it
+    poll(f"{flower}/api/workers?status=true", lambda workers: any(workers.values()))
+
+    result = celery_client.send_task("taiga_backup.backup", kwargs={"trigger": "manual"})
+    assert result.get(timeout=120)["state"] == "SUCCESS"
+
+    tasks = poll(f"{flower}/api/tasks?taskname=taiga_backup.backup",
+                 lambda tasks: tasks.get(result.id, {}).get("state") == "SUCCESS")
+    task = tasks[result.id]
+    assert task["name"] == "taiga_backup.backup" and task["kwargs"] == "{'trigger': 'manual'}"
+    assert task["worker"].startswith("taiga-backup@")

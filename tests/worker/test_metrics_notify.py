@@ -1,0 +1,222 @@
+"""Metrics, notifications and JSON logs of a real worker, against HTTP endpoints started here."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from testkit.scenarios import start_idle_worker
+from prometheus_client.parser import text_string_to_metric_families
+
+from testkit.servers import free_port
+from tasks.backup import take_backup
+from worker.jobs.job import run_job
+from worker.adapters import notify
+from worker.settings import SettingsError
+
+TOKEN = "tok-3f9c1d7e"  # stands for the token such URLs carry: it must never be logged
+
+
+class Endpoint:
+    """A chat webhook / healthchecks.io stand-in that records every request. Paths containing
+    `hang` answer after HANG seconds; `flaky` answers 503 to the first request of each path."""
+
+    HANG = notify.TIMEOUT + 2
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        seen: set[str] = set()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests.append({"method": "POST", "path": self.path, "body": body.decode(),
+                                       "type": self.headers.get("Content-Type")})
+                if "hang" in self.path:
+                    time.sleep(outer.HANG)
+                first = self.path not in seen
+                seen.add(self.path)
+                try:
+                    self.send_response(503 if "flaky" in self.path and first else 200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"OK")
+                except BrokenPipeError:
+                    pass  # the client gave up waiting, as it should
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.requests]
+
+    def json_bodies(self, prefix: str) -> list[dict]:
+        return [json.loads(r["body"]) for r in self.requests if r["path"].startswith(prefix)]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint():
+    e = Endpoint()
+    yield e
+    e.close()
+
+
+def scrape(port: int) -> dict:
+    """{(sample name, ((label, value), ...)): value} of everything the exporter serves."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def wait_for(port: int, key: tuple, value: float, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(port)
+        if samples.get(key) == value or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
+
+
+def job(name: str) -> tuple:
+    return (("job", name),)
+
+
+def unix(iso: str) -> float:
+    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.slow
+def test_worker_metrics_and_notifications_for_a_good_and_a_failed_backup(site, start_worker, celery_client,
+                                                                         endpoint, tmp_path):
+    port = free_port()
+    url_file = site.secrets / "webhook-url"
+    url_file.write_text(f"{endpoint.url}/hook/{TOKEN}\n")
+    worker = start_idle_worker(start_worker, celery_client, METRICS_PORT=port, NOTIFY_WEBHOOK_URL_FILE=url_file,
+                               HEALTHCHECK_PING_URL=f"{endpoint.url}/ping/{TOKEN}")
+
+    report = celery_client.send_task("taiga_backup.backup").get(timeout=120)
+    assert report["state"] == "SUCCESS"
+
+    m = wait_for(port, ("taiga_backup_snapshots", (("repository", "pg-database"),)), 1)
+    assert m[("taiga_backup_snapshots", (("repository", "files"),))] == 1
+    assert abs(m[("taiga_backup_last_success_timestamp_seconds", job("backup"))] - time.time()) < 60
+    assert m[("taiga_backup_last_success_timestamp_seconds", job("backup"))] == unix(report["finished_at"])
+    assert m[("taiga_backup_last_run_success", job("backup"))] == 1
+    assert m[("taiga_backup_last_duration_seconds", job("backup"))] == report["duration_seconds"]
+    for repo in ("files", "pg-database"):
+        assert m[("taiga_backup_last_backup_added_bytes", (("repository", repo),))] == report["bytes_added"][repo]
+    assert report["bytes_added"]["total"] > 0
+    assert m[("taiga_backup_last_backup_files", (("change", "new"),))] == report["files"]["files_new"] > 0
+    assert m[("taiga_backup_last_backup_files", (("change", "changed"),))] == report["files"]["files_changed"]
+    assert m[("taiga_backup_last_backup_downtime_seconds", ())] == report["downtime_seconds"] > 0
+    assert m[("taiga_backup_last_step_duration_seconds", (("job", "backup"), ("step", "dump_db")))] == \
+        report["steps"]["dump_db"]["seconds"]
+    assert m[("taiga_backup_jobs_total", (("job", "backup"), ("state", "success")))] == 1
+    assert m[("taiga_backup_job_failures_total", job("backup"))] == 0
+    assert m[("taiga_backup_job_running", job("backup"))] == 0
+
+    ping = f"/ping/{TOKEN}"
+    assert endpoint.paths() == [f"{ping}/start", ping, f"/hook/{TOKEN}"]
+    assert endpoint.requests[1]["body"].startswith(f"backup {report['backup_id']}: ")
+    [hook] = endpoint.json_bodies("/hook/")
+    assert endpoint.requests[2]["type"] == "application/json"
+    assert hook == {"job": "backup", "state": "SUCCESS", "task_id": report["task_id"], "error": None,
+                    "finished_at": report["finished_at"], "backup_id": report["backup_id"],
+                    "summary": hook["text"], "text": hook["text"]}
+    assert hook["summary"].startswith(f"backup {report['backup_id']}: ") and " added, app down " in hook["summary"]
+
+    # the database goes away: the next backup fails in preflight
+    site.pg.sql(f"alter database {site.dbname} rename to {site.dbname}_gone")
+    failed = celery_client.send_task("taiga_backup.backup")
+    with pytest.raises(Exception, match="does not exist"):
+        failed.get(timeout=120)
+
+    m = wait_for(port, ("taiga_backup_job_failures_total", job("backup")), 1)
+    assert m[("taiga_backup_job_failures_total", job("backup"))] == 1
+    assert m[("taiga_backup_jobs_total", (("job", "backup"), ("state", "failure")))] == 1
+    assert m[("taiga_backup_last_run_success", job("backup"))] == 0
+    assert abs(m[("taiga_backup_last_failure_timestamp_seconds", job("backup"))] - time.time()) < 60
+    assert m[("taiga_backup_last_success_timestamp_seconds", job("backup"))] == unix(report["finished_at"])
+    assert endpoint.paths()[3:] == [f"{ping}/start", f"{ping}/fail", f"/hook/{TOKEN}"]
+    hook = endpoint.json_bodies("/hook/")[1]
+    assert hook["state"] == "FAILURE" and hook["task_id"] == failed.id
+    assert "does not exist" in hook["error"] and hook["summary"].startswith("backup ")
+    assert " FAILED after " in hook["summary"] and "does not exist" in hook["summary"]
+
+    # a restarted worker still knows when the last backup succeeded (and that the last one failed)
+    worker.stop()
+    start_worker(METRICS_PORT=port)
+    m = wait_for(port, ("taiga_backup_last_run_success", job("backup")), 0)
+    assert m[("taiga_backup_last_success_timestamp_seconds", job("backup"))] == unix(report["finished_at"])
+    assert m[("taiga_backup_last_run_success", job("backup"))] == 0
+    assert m[("taiga_backup_last_backup_added_bytes", (("repository", "files"),))] == report["bytes_added"]["files"]
+    assert m[("taiga_backup_job_failures_total", job("backup"))] == 0  # counters restart, as Prometheus expects
+
+    logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log"))
+    assert TOKEN not in logs
+
+
+def test_a_hanging_webhook_and_a_flaky_ping_never_fail_a_backup(site, endpoint, monkeypatch, caplog):
+    monkeypatch.setenv("NOTIFY_WEBHOOK_URL", f"{endpoint.url}/hang/{TOKEN}")
+    monkeypatch.setenv("HEALTHCHECK_PING_URL", f"{endpoint.url}/flaky/{TOKEN}")
+    t0 = time.monotonic()
+    report = run_job(None, "backup", lambda job: take_backup(job, "manual"))
+    took = time.monotonic() - t0
+
+    assert report["state"] == "SUCCESS"
+    assert json.loads(site.restic("files", "snapshots", "--json").stdout)[0]["id"] == report["snapshots"]["files"]
+    # 503 is retried once (and then arrives); a timeout is not retried: the server may have it
+    assert endpoint.paths() == [f"/flaky/{TOKEN}/start"] * 2 + [f"/flaky/{TOKEN}"] * 2 + [f"/hang/{TOKEN}"]
+    assert took < report["duration_seconds"] + notify.TIMEOUT + 2 * notify.RETRY_AFTER + 3
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taiga_backup.notify"]
+    assert any(w.startswith("webhook: no answer within") for w in warnings), warnings
+    assert not any(TOKEN in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_json_logs_have_one_line_per_step_with_its_duration(site, start_worker, celery_client, tmp_path):
+    worker = start_idle_worker(start_worker, celery_client, LOG_FORMAT="json", METRICS_PORT=0)
+    result = celery_client.send_task("taiga_backup.backup")
+    report = result.get(timeout=120)
+    worker.stop()
+
+    text = [line for line in worker.log_path.read_text().splitlines() if line.strip()]
+    assert [line for line in text if not line.startswith("{")] == ["worker: Warm shutdown (MainProcess)"]  # Celery's
+    lines = [json.loads(line) for line in text if line.startswith("{")]
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    steps = {line["step"]: line for line in lines if "duration_seconds" in line}
+    assert set(steps) == set(report["steps"]) >= {"preflight", "quiesce", "dump_db", "restic_backup", "resume"}
+    for name, line in steps.items():
+        assert line["task_id"] == result.id and line["job"] == "backup" and line["level"] == "INFO"
+        assert line["duration_seconds"] == report["steps"][name]["seconds"]
+        assert line["message"] == f"backup: {name} finished in {report['steps'][name]['seconds']:.1f}s"
+    # Celery's own lines about the task carry its id too
+    assert any(line.get("task_id") == result.id and "succeeded" in line["message"] for line in lines)
+
+
+def test_notification_urls_are_secrets_and_only_http(site):
+    url_file = site.secrets / "ping-url"
+    url_file.write_text(f"https://hc.example/ping/{TOKEN}\n")
+    settings = site.settings(HEALTHCHECK_PING_URL_FILE=str(url_file), NOTIFY_WEBHOOK_URL=f"https://chat.example/{TOKEN}")
+    assert settings.healthcheck_ping_url.reveal() == f"https://hc.example/ping/{TOKEN}"
+    assert TOKEN not in repr(settings)
+    assert {f"https://hc.example/ping/{TOKEN}", f"https://chat.example/{TOKEN}"} <= set(settings.secrets())
+    assert notify.ping_url("https://hc.example/ping/abc?create=1", "fail") == "https://hc.example/ping/abc/fail?create=1"
+    with pytest.raises(SettingsError, match="^NOTIFY_WEBHOOK_URL: expected an http"):
+        site.settings(NOTIFY_WEBHOOK_URL="file:///etc/passwd")

@@ -1,0 +1,280 @@
+"""Restore against real PostgreSQL, real restic, the Kubernetes API double and Redis: backup ->
+change -> restore gives the same bytes; the safety backup undoes a restore; a failed restore
+resumes the app and keeps the files; a plain Celery client runs it and reads JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import jsonschema
+import psycopg
+import pytest
+import redis
+
+from testkit import dataset
+from testkit.site import NAMESPACE, ROOT
+from testkit.scenarios import (ALL_DEPLOYMENTS, add_odd_files, change_everything, run_backup,
+                               run_restore, snapshots, state)
+
+from worker.errors import JobFailed
+from worker.backups import catalog, layout, media, selection
+
+SNAPSHOT_PAIR = {"type": "object", "required": ["files", "pg-database"],
+                 "properties": {"files": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                "pg-database": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}}
+RESULT_SCHEMA = {  # the documented result of taiga_backup.restore (README, "Restore")
+    "type": "object",
+    "required": ["job", "state", "task_id", "backup_id", "backup_time", "snapshots", "safety_backup", "database",
+                 "files", "deployments", "downtime_seconds", "steps", "request", "started_at", "finished_at"],
+    "properties": {
+        "job": {"const": "restore"},
+        "state": {"const": "SUCCESS"},
+        "backup_id": {"type": "string", "pattern": r"^(legacy-)?\d{8}T\d{6}Z$"},
+        "snapshots": SNAPSHOT_PAIR,
+        "safety_backup": {"oneOf": [{"type": "null"}, {
+            "type": "object", "required": ["backup_id", "snapshots"],
+            "properties": {"backup_id": {"type": "string"}, "snapshots": SNAPSHOT_PAIR}}]},
+        "database": {"type": "object", "required": ["format", "name", "owner"],
+                     "properties": {"format": {"enum": ["plain", "custom"]}}},
+        "files": {"type": "object", "required": ["count", "bytes"],
+                  "properties": {"count": {"type": "integer"}, "bytes": {"type": "integer"}}},
+        "deployments": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "downtime_seconds": {"type": "number"},
+        "steps": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["ok", "seconds"]}},
+    },
+}
+
+
+def kinds_of(site, repo: str, snapshot_id: str) -> list[str]:
+    return [s["tags"] for s in snapshots(site, repo) if s["id"] == snapshot_id][0]
+
+
+def no_staging_left(site) -> bool:
+    return not [n for n in os.listdir(site.media) if n.startswith(media.PREFIX)]
+
+
+def last_report(site, state_name: str) -> dict:
+    client = redis.Redis.from_url(site.env["CELERY_BROKER_URL"])
+    return json.loads(client.get(f"taiga-backup:last:restore:{state_name}"))
+
+
+def test_custom_dumps_ids_times_and_a_missing_database(site, monkeypatch):
+    monkeypatch.setenv("PG_DUMP_FORMAT", "custom")
+    first_state = state(site)
+    first = run_backup()
+    between = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    time.sleep(1.0)
+    change_everything(site)
+    monkeypatch.setenv("PG_DUMP_FORMAT", "plain")
+    second_state = state(site)
+    second = run_backup()
+
+    # disaster recovery: the database is gone (so no safety backup); it comes back owned by POSTGRES_USER
+    site.pg.sql(f'drop database "{site.dbname}"')
+    by_time = run_restore(before=between)
+    assert (by_time["backup_id"], by_time["database"]["format"]) == (first["backup_id"], "custom")
+    assert by_time["request"] == {"snapshot": None, "before": between[:19] + "Z", "safety_backup": True}
+    assert by_time["safety_backup"] is None and "does not exist" in by_time["steps"]["safety_backup"]["skipped"]
+    assert state(site) == first_state
+    owner = site.pg.sql(f"select pg_get_userbyid(datdba) from pg_database where datname = '{site.dbname}'")
+    assert owner == [(site.db_user,)]
+
+    by_id = run_restore(snapshot=second["snapshots"]["files"][:8], safety_backup=False)  # a restic id, files side
+    assert (by_id["backup_id"], by_id["database"]["format"]) == (second["backup_id"], "plain")
+    assert state(site) == second_state
+
+
+def test_a_failed_database_load_resumes_keeps_the_files_and_the_safety_backup_undoes_it(site):
+    """The dump grants to a role that is gone by restore time: psql stops at that error."""
+    role = f"gone_{site.dbname}"
+    site.pg.sql(f"create role {role}")
+    site.pg.sql(f"grant select on projects_project to {role}", dbname=site.dbname)
+    run_backup()
+    site.pg.sql(f"revoke select on projects_project from {role}", dbname=site.dbname)
+    site.pg.sql(f"drop role {role}")
+    change_everything(site)
+    changed = state(site)
+
+    with pytest.raises(JobFailed) as err:
+        run_restore()
+
+    assert str(err.value).startswith("database: psql failed") and f'role "{role}" does not exist' in str(err.value)
+    assert dataset.tree_digest(str(site.media)) == changed["files"]  # not swapped in after the failure
+    assert no_staging_left(site)
+    assert site.replicas() == ALL_DEPLOYMENTS
+    report = last_report(site, "failure")
+    assert report["steps"]["resume"]["ok"] and report["deployments"] == ALL_DEPLOYMENTS
+    safety_id = report["safety_backup"]["backup_id"]
+
+    run_restore(snapshot=safety_id, safety_backup=False)
+    assert state(site) == changed
+
+
+def test_files_restore_keeps_odd_names_chowns_rolls_back_and_reads_absolute_snapshots(site, tmp_path, monkeypatch):
+    """worker.backups.media alone, with real restic: `.` snapshots restore at the target's root."""
+    settings = site.settings()
+    repo = layout.repository(settings, layout.FILES)
+    repo.init_if_missing()
+    add_odd_files(site.media)
+    (site.media / (media.PREFIX + "leftover")).mkdir()  # a killed restore's staging area
+    before = dataset.tree_digest(str(site.media))
+    summary = repo.backup_dir(str(site.media), ["t"], excludes=media.BACKUP_EXCLUDES)
+    assert not [n for n in repo.ls(summary.snapshot_id) if media.PREFIX in n["path"]]
+    snap = [s for s in repo.snapshots() if s["id"] == summary.snapshot_id][0]
+    assert snap["paths"] == [str(site.media)]  # restic records the absolute path of `.` ...
+    change_everything(site)
+
+    staged = media.stage(repo, snap, str(site.media), (1234, 2345))
+    assert staged.source == staged.staging  # ... but keeps the tree at the root: no path to strip
+    assert media.swap(staged, (1234, 2345)) == []
+    assert dataset.tree_digest(str(site.media)) == before
+    owners = {(os.lstat(os.path.join(d, n)).st_uid, os.lstat(os.path.join(d, n)).st_gid)
+              for d, dirs, files in os.walk(site.media) for n in dirs + files}
+    assert owners == {(1234, 2345)} and os.stat(site.media).st_uid == 1234
+
+    staged = media.stage(repo, snap, str(site.media), None)  # RESTORE_CHOWN=off: owners as backed up
+    media.swap(staged, None)
+    assert os.lstat(site.media / "with space.txt").st_uid == 0
+
+    # a swap failing midway puts the previous files back
+    change_everything(site)
+    changed = dataset.tree_digest(str(site.media))
+    staged = media.stage(repo, snap, str(site.media), None)
+    real_rename, calls = os.rename, []
+
+    def failing_rename(src, dst):
+        calls.append(src)
+        if str(src).startswith(staged.source) and len([c for c in calls if str(c).startswith(staged.source)]) == 3:
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError):
+        media.swap(staged, None)
+    monkeypatch.setattr(os, "rename", real_rename)
+    staged.discard()
+    assert dataset.tree_digest(str(site.media)) == changed and no_staging_left(site)
+
+    # a snapshot of an absolute path (`restic backup /…/media`) keeps that path below the target
+    site.restic("files", "backup", "--host", "h", str(site.media))
+    absolute = repo.snapshots()[-1]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    staged = media.stage(repo, absolute, str(elsewhere), None)
+    media.swap(staged, None)
+    assert dataset.tree_digest(str(elsewhere)) == changed
+
+
+def _snap(repo_id: str, when: str, tags=()) -> dict:
+    return {"id": repo_id * 8, "time": when, "tags": list(tags), "hostname": "h"}
+
+
+def test_choosing_a_backup():
+    """selection.choose on a synthetic catalog: ids, partners, legacy pairs, latest, before."""
+    files = [_snap("a1a1a1a1", "2024-01-01T23:10:05Z"),  # legacy, paired by time with d1
+             _snap("a2a2a2a2", "2024-01-02T23:10:00Z", ["backup-id=20240102T231000Z", "kind=schedule"]),
+             _snap("a3a3a3a3", "2024-01-03T09:00:00Z", ["backup-id=20240103T090000Z", "kind=pre-restore"]),
+             _snap("a4a4a4a4", "2024-01-04T23:10:00Z", ["backup-id=20240104T231000Z", "kind=schedule"])]
+    database = [_snap("d1d1d1d1", "2024-01-01T23:10:00Z"),
+                _snap("d2d2d2d2", "2024-01-02T23:10:00Z", ["backup-id=20240102T231000Z", "kind=schedule"]),
+                _snap("d3d3d3d3", "2024-01-03T09:00:00Z", ["backup-id=20240103T090000Z", "kind=pre-restore"])]
+    backups = catalog.pair(files, database)
+    when = selection.check_before
+    assert selection.choose(backups).id == "20240102T231000Z"  # 0104 lacks its database half, 0103 is a safety backup
+    assert selection.choose(backups, "20240103T090000Z").id == "20240103T090000Z"  # by id: safety backups too
+    assert selection.choose(backups, "d1d1d1d1").snapshot_ids()["files"] == "a1a1a1a1" * 8  # legacy partner
+    assert selection.choose(backups, "a2a2a2a2a2").id == "20240102T231000Z"  # partner by tag
+    assert selection.choose(backups, before=when("2024-01-02T23:09:59Z")).id == "legacy-20240101T231000Z"
+    assert selection.choose(backups, before=when("2024-01-02T23:10:00Z")).id == "20240102T231000Z"
+    for snapshot, before, message in [
+            ("a4a4a4a4", None, "backup 20240104T231000Z is incomplete: it has no snapshot in pg-database"),
+            ("ffffffff", None, "no backup or snapshot 'ffffffff'"),
+            ("20240105T000000Z", None, "no backup or snapshot '20240105T000000Z'"),
+            (None, when("2023-12-31"), "no backup at or before 2023-12-31T00:00:00Z: the first backup is "
+                                       "legacy-20240101T231000Z from 2024-01-01T23:10:00Z")]:
+        with pytest.raises(selection.SelectionError, match=re.escape(message)):
+            selection.choose(backups, snapshot, before)
+    twins = catalog.pair([{**_snap("abcdef01", "2024-01-01T00:00:00Z"), "id": "abcdef01" + "0" * 56},
+                          {**_snap("abcdef01", "2024-01-01T12:00:00Z"), "id": "abcdef01" + "1" * 56}], [])
+    with pytest.raises(selection.SelectionError, match="ambiguous"):
+        selection.choose(twins, "abcdef01")
+
+
+def chatops(site, tmp_path, *args) -> tuple[int, dict, list[dict]]:
+    """docs/chatops_client.py in a clean environment and directory: nothing of ours importable."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "chatops_client.py"), "--broker",
+                           site.env["CELERY_BROKER_URL"], "--timeout", "240", *args], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout), [json.loads(line) for line in done.stderr.splitlines()]
+
+
+@pytest.mark.slow
+def test_backup_change_restore_by_a_plain_celery_client_gives_identical_bytes_and_can_be_undone(
+        site, start_worker, tmp_path):
+    from test_worker import cli
+
+    start_worker()
+    add_odd_files(site.media)
+    before = state(site)
+    code, made, _ = chatops(site, tmp_path, "backup")
+    assert code == 0 and made["state"] == "SUCCESS"
+    change_everything(site)
+    changed = state(site)
+    assert changed["db"] != before["db"] and changed["files"] != before["files"]
+    mount_inode = os.stat(site.media).st_ino
+    leftover_client = psycopg.connect(site.conninfo)  # like a taiga-back the old procedure left connected
+
+    code, report, progress = chatops(site, tmp_path, "restore", "--snapshot", "latest")
+
+    assert code == 0, report
+    assert state(site) == before
+    jsonschema.validate(report, RESULT_SCHEMA)
+    order = ["PENDING", "STARTED", "PROGRESS", "SUCCESS"]  # a poll may miss the short ones
+    ranks = [order.index(p["state"]) for p in progress]
+    assert ranks == sorted(ranks) and progress[-1]["state"] == "SUCCESS"
+    assert all(p["step"] and p["percent"] is not None for p in progress if p["state"] == "PROGRESS")
+    assert len({p["step"] for p in progress if p["state"] == "PROGRESS"}) >= 3  # polled every 0.5 s
+    assert os.stat(site.media).st_ino == mount_inode  # the volume's mount point stays
+    with pytest.raises(psycopg.OperationalError):
+        leftover_client.execute("select 1")
+    assert report["backup_id"] == made["backup_id"] and report["snapshots"] == made["snapshots"]
+    assert report["trigger"] == "chat" and report["database"]["format"] == "plain"
+    assert report["database"]["owner"] == site.db_user and report["database"]["sessions_terminated"] >= 1
+    assert report["files"]["count"] == len([v for v in before["files"].values() if not v.startswith("symlink:")])
+    assert report["deployments"] == ALL_DEPLOYMENTS and site.replicas() == ALL_DEPLOYMENTS
+    for name in ALL_DEPLOYMENTS:  # every user of the database was stopped, then came back
+        assert [r for _, r in site.kube.history(NAMESPACE, name)][-2:] == [0, ALL_DEPLOYMENTS[name]]
+    assert set(report["steps"]) == {"validate", "choose", "stage_files", "quiesce", "safety_backup", "database",
+                                    "files", "resume"}
+    assert no_staging_left(site)
+
+    safety = report["safety_backup"]
+    for repo, snapshot_id in safety["snapshots"].items():
+        assert "kind=pre-restore" in kinds_of(site, repo, snapshot_id)
+    site.restic("files", "restore", safety["snapshots"]["files"], "--target", str(tmp_path / "safety"))
+    assert dataset.tree_digest(str(tmp_path / "safety")) == changed["files"]  # no staging area in it
+
+    code, refused, _ = chatops(site, tmp_path, "restore", "--snapshot", "../../etc/passwd")
+    assert code == 1 and refused["state"] == "FAILURE" and "'../../etc/passwd' is not valid" in refused["error"]
+    done = cli(site, "restore", "--snapshot=-rf", "--wait", "--json")
+    assert done.returncode == 1 and "starts with '-'" in json.loads(done.stdout)["error"]
+    assert state(site) == before
+
+    undo = run_restore(snapshot=safety["backup_id"], safety_backup=False)
+    assert undo["safety_backup"] is None and undo["backup_kind"] == "pre-restore"
+    assert state(site) == changed and site.replicas() == ALL_DEPLOYMENTS
+
+    stored = redis.Redis.from_url(site.env["CELERY_BROKER_URL"])
+    secrets = [site.db_password, site.password_file.read_text().strip()]
+    for key in stored.keys("*"):
+        value = stored.dump(key) or b""
+        assert not any(s.encode() in value for s in secrets), key

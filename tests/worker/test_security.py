@@ -1,0 +1,260 @@
+"""Who may reach the broker and whose messages run: Redis with a password and TLS (client
+certificates required), and Celery message signing - an unsigned restore, one signed with a key
+the worker does not trust, or with a forged certificate, is dropped and never runs."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import uuid
+
+import psycopg
+import pytest
+import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from testkit import dataset
+from testkit.site import ROOT, WorkerProcess
+from testkit.faults import app_back, snapshot_ids, wait_until
+from testkit.servers import RedisServer
+from worker.settings import SettingsError
+
+REDIS_PASSWORD = "tls-redis-Pw-0e5a77c1"
+
+
+# -- certificates ----------------------------------------------------------------------------
+
+def _key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _cert(subject: str, key, issuer: str, issuer_key, *, serial: int | None = None, ca=False, server=False,
+          client=False):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+               .public_key(key.public_key()).serial_number(serial or x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(directory, name: str, key=None, cert=None) -> dict:
+    out = {}
+    if key is not None:
+        out["key"] = str(directory / f"{name}.key")
+        with open(out["key"], "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        os.chmod(out["key"], 0o600)
+    if cert is not None:
+        out["cert"] = str(directory / f"{name}.crt")
+        with open(out["cert"], "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA with a Redis server and a worker client certificate; signing identities for the worker,
+    the chat-ops bot, a stranger, and a forgery of the bot's certificate (same issuer and serial)."""
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = _key()
+    ca = _cert("taiga-backup test CA", ca_key, "taiga-backup test CA", ca_key, ca=True)
+    out = {"ca": _write(d, "ca", cert=ca)["cert"]}
+    server_key, client_key = _key(), _key()
+    out["server"] = _write(d, "server", server_key, _cert("redis", server_key, "taiga-backup test CA", ca_key, server=True))
+    out["client"] = _write(d, "client", client_key, _cert("taiga-backup", client_key, "taiga-backup test CA", ca_key,
+                                                          client=True))
+    for name in ("worker", "bot", "stranger"):
+        key = _key()
+        out[name] = _write(d, name, key, _cert(f"taiga-backup {name}", key, f"taiga-backup {name}", key, serial=1000))
+    bot_cert = x509.load_pem_x509_certificate(open(out["bot"]["cert"], "rb").read())
+    forger = _key()  # the bot's name and serial, the forger's key
+    out["forged"] = _write(d, "forged", forger, _cert("taiga-backup bot", forger, "taiga-backup bot", forger,
+                                                      serial=bot_cert.serial_number))
+    store = d / "trusted"
+    store.mkdir()
+    for name in ("worker", "bot"):
+        (store / f"{name}.crt").write_bytes(open(out[name]["cert"], "rb").read())
+    out["store"] = str(store)
+    return out
+
+
+# -- Redis TLS -------------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_redis(pki):
+    server = RedisServer(password=REDIS_PASSWORD, tls={**pki["server"], "ca": pki["ca"]}).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.mark.slow
+def test_a_backup_runs_over_tls_with_a_password_and_clients_without_them_are_refused(
+        repos, pki, tls_redis, start_worker, monkeypatch):
+    from worker.celery_app import make_app
+
+    site = repos
+    url_file = site.secrets / "broker-url"
+    url_file.write_text(tls_redis.url + "\n")
+    assert tls_redis.url.startswith("rediss://:")
+    env = {"CELERY_BROKER_URL": "", "CELERY_BROKER_URL_FILE": str(url_file), "CELERY_REDIS_CA_FILE": pki["ca"],
+           "CELERY_REDIS_CERT_FILE": pki["client"]["cert"], "CELERY_REDIS_KEY_FILE": pki["client"]["key"]}
+    monkeypatch.setenv("CELERY_BROKER_URL", "")  # Celery would prefer it to the URL from the file
+    start_worker(**env)
+    report = make_app({**site.env, **env}).send_task("taiga_backup.backup").get(timeout=120)
+    assert report["state"] == "SUCCESS" and app_back(site)
+    assert site.settings(**env).redis_ssl["ssl_ca_certs"] == pki["ca"]  # our own lease and reports too
+
+    tls = {"ssl": True, "ssl_ca_certs": pki["ca"], "ssl_certfile": pki["client"]["cert"],
+           "ssl_keyfile": pki["client"]["key"], "socket_timeout": 5}
+    port = tls_redis.port
+    assert redis.Redis(port=port, password=REDIS_PASSWORD, **tls).get(f"taiga-backup:report:{report['task_id']}")
+    with pytest.raises(redis.AuthenticationError):  # certificate, no password
+        redis.Redis(port=port, **tls).get("x")
+    with pytest.raises(redis.AuthenticationError):  # wrong password
+        redis.Redis(port=port, password="guess", **tls).get("x")
+    no_client_cert = {k: v for k, v in tls.items() if k not in ("ssl_certfile", "ssl_keyfile")}
+    with pytest.raises(redis.ConnectionError):  # password, no client certificate
+        redis.Redis(port=port, password=REDIS_PASSWORD, **no_client_cert).get("x")
+    with pytest.raises(redis.ConnectionError):  # a server we cannot verify is not talked to
+        redis.Redis(port=port, password=REDIS_PASSWORD, **{**tls, "ssl_ca_certs": pki["server"]["cert"]}).get("x")
+    with pytest.raises(redis.ConnectionError):  # plain text
+        redis.Redis(port=port, password=REDIS_PASSWORD, socket_timeout=5).get("x")
+
+
+def test_tls_and_signing_settings_are_all_or_nothing(site, pki):
+    with pytest.raises(SettingsError, match="not rediss://"):
+        site.settings(CELERY_REDIS_CA_FILE=pki["ca"])
+    with pytest.raises(SettingsError, match="CELERY_REDIS_CERT_FILE and CELERY_REDIS_KEY_FILE"):
+        site.settings(CELERY_BROKER_URL="rediss://:pw@127.0.0.1:1/0", CELERY_REDIS_CERT_FILE=pki["client"]["cert"])
+    with pytest.raises(SettingsError, match="CELERY_REDIS_CA_FILE: cannot read"):
+        site.settings(CELERY_BROKER_URL="rediss://:pw@127.0.0.1:1/0", CELERY_REDIS_CA_FILE="/nonexistent/ca.crt")
+    tls = site.settings(CELERY_BROKER_URL="rediss://:pw@127.0.0.1:1/0", CELERY_REDIS_CA_FILE=pki["ca"]).redis_ssl
+    assert tls == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": pki["ca"]}
+    with pytest.raises(SettingsError, match="message signing needs all of"):
+        site.settings(CELERY_SECURITY_KEY_FILE=pki["worker"]["key"], CELERY_SECURITY_CERT_FILE=pki["worker"]["cert"])
+    with pytest.raises(SettingsError, match="CELERY_SECURITY_CERT_STORE: no certificate"):
+        site.settings(CELERY_SECURITY_KEY_FILE=pki["worker"]["key"], CELERY_SECURITY_CERT_FILE=pki["worker"]["cert"],
+                      CELERY_SECURITY_CERT_STORE=str(site.root / "empty-*.crt"))
+
+
+# -- message signing -------------------------------------------------------------------------
+
+def signing_env(pki, who: str, store: str | None = None) -> dict:
+    return {"CELERY_SECURITY_KEY_FILE": pki[who]["key"], "CELERY_SECURITY_CERT_FILE": pki[who]["cert"],
+            "CELERY_SECURITY_CERT_STORE": store or pki["store"]}
+
+
+def cli(site, env: dict, *args) -> subprocess.CompletedProcess:
+    """The CLI in its own process, as a chat-ops bot or an operator runs it: signing configures
+    itself from CELERY_SECURITY_* (it is process-wide in Celery, so never in the test process)."""
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=180, env={**os.environ, **site.env, **env, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture
+def signed_worker(repos, pki, tmp_path):
+    """A worker that runs only signed messages. Readiness from its log: a ping is a message too,
+    and this test process does not sign."""
+    site = repos
+    env = {**os.environ, **site.env, **signing_env(pki, "worker"), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    worker = WorkerProcess(env, False, tmp_path / "signed-worker.log")
+    try:
+        wait_until(lambda: " ready." in worker.output() or worker.proc.poll() is not None, 60, "the worker")
+        assert worker.proc.poll() is None, worker.output()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def rejections(worker) -> int:
+    """Messages the worker dropped: Celery logs each, with why."""
+    return len(re.findall(r"Received invalid task message|Can't decode message body", worker.output()))
+
+
+def raw_message(app, body: str, content_type: str) -> str:
+    """A task message as anyone with broker access can write it; returns its task id."""
+    task_id = str(uuid.uuid4())
+    with app.producer_or_acquire() as producer:
+        producer.publish(body, exchange="", routing_key="celery", content_type=content_type, content_encoding="utf-8",
+                         headers={"lang": "py", "task": "taiga_backup.restore", "id": task_id, "root_id": task_id,
+                                  "parent_id": None, "group": None, "argsrepr": "()", "kwargsrepr": "{}",
+                                  "origin": "attacker", "retries": 0, "eta": None, "expires": None})
+    return task_id
+
+
+def attack(worker, send) -> str:
+    """Sends one message and waits until the worker has dropped it."""
+    before = rejections(worker)
+    task_id = send()
+    wait_until(lambda: rejections(worker) > before, 30, "the message to be dropped")
+    return task_id
+
+
+@pytest.mark.slow
+def test_only_messages_signed_by_a_trusted_key_run(repos, pki, signed_worker, celery_client):
+    site = repos
+    # the chat-ops bot (its own key; its certificate is in the worker's store) queues a backup
+    done = cli(site, signing_env(pki, "bot"), "backup", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout)["result"]
+    with psycopg.connect(site.conninfo, autocommit=True) as conn:  # what a restore would undo
+        conn.execute("create table written_after_the_backup (id int)")
+    before = dataset.table_checksums(site.conninfo)
+
+    def signed_by(who: str, store: str):
+        return lambda: json.loads(cli(site, signing_env(pki, who, store=store), "restore", "--json").stdout)["task_id"]
+
+    attacks = {
+        # anyone with broker access: plain JSON, no signature
+        "unsigned": lambda: celery_client.send_task("taiga_backup.restore", kwargs={"trigger": "chat"}).id,
+        # signed with a key and certificate the worker does not trust
+        "untrusted key": signed_by("stranger", pki["stranger"]["cert"]),
+        # signed with a forged certificate: the bot's name and serial, the forger's key
+        "forged certificate": signed_by("forged", pki["forged"]["cert"]),
+        # a content type kombu passes through undecoded
+        "raw text": lambda: raw_message(celery_client, '[[], {"trigger": "chat"}, {}]', "application/text"),
+    }
+    sent = {what: attack(signed_worker, send) for what, send in attacks.items()}
+    log = signed_worker.output()
+    assert "Unknown certificate" in log and "Bad signature" in log
+    for what, task_id in sent.items():
+        assert f"taiga_backup.restore[{task_id}] received" not in log, what
+        assert celery_client.AsyncResult(task_id).state == "PENDING", what
+    assert dataset.table_checksums(site.conninfo) == before  # no restore ran
+
+    # and the worker is still there for the bot
+    done = cli(site, signing_env(pki, "bot"), "backup", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    second = json.loads(done.stdout)["result"]
+    assert sorted(snapshot_ids(site, "pg-database")) == sorted([first["snapshots"]["pg-database"],
+                                                               second["snapshots"]["pg-database"]])
+
+
+@pytest.mark.slow
+def test_malformed_messages_do_not_stop_an_unsigned_worker(repos, start_worker, celery_client):
+    """Without signing too: a body Celery cannot parse is dropped, and the worker goes on."""
+    worker = start_worker()
+    for body, content_type in (("[1, 2]", "application/json"), ('"x"', "application/json"),
+                               ("[[], {}, {}]", "application/text"), ("\x00garbage", "application/data")):
+        task_id = attack(worker, lambda: raw_message(celery_client, body, content_type))
+        assert f"[{task_id}] received" not in worker.output()
+    assert celery_client.send_task("taiga_backup.backup").get(timeout=120)["state"] == "SUCCESS"

@@ -1,0 +1,198 @@
+"""Quiesce and resume Taiga's deployments through the official Kubernetes client.
+
+The original replica count is written onto each Deployment (an annotation) *before* it is scaled
+down, so whoever comes next - the same job's `finally`, a new worker after a SIGKILL, the
+periodic reconciler - knows what to scale back to. Scaling goes through the scale subresource.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable, Iterable
+
+from worker.errors import OperatorError
+
+log = logging.getLogger(__name__)
+
+ANNOTATION = "taiga-backup/original-replicas"
+ANNOTATION_JOB = "taiga-backup/quiesced-by"
+REQUEST_TIMEOUT = (5, 30)
+RETRY_STATUSES = {409, 429, 500, 502, 503, 504}
+POLL = 0.25
+
+# Every API call this module makes, as RBAC rules: the Helm Role must grant exactly these.
+REQUIRED_RBAC = [
+    {"apiGroup": "apps", "resource": "deployments", "verbs": ["get", "patch"]},
+    {"apiGroup": "apps", "resource": "deployments/scale", "verbs": ["get", "patch"]},
+    {"apiGroup": "", "resource": "pods", "verbs": ["list"]},
+]
+
+
+class KubeError(OperatorError):
+    """A Kubernetes problem phrased for an operator."""
+
+
+def _verb_resource(call: str) -> tuple[str, str]:
+    return {
+        "read_namespaced_deployment": ("get", "deployments"),
+        "patch_namespaced_deployment": ("patch", "deployments"),
+        "read_namespaced_deployment_scale": ("get", "deployments/scale"),
+        "patch_namespaced_deployment_scale": ("patch", "deployments/scale"),
+        "list_namespaced_pod": ("list", "pods"),
+    }.get(call, (call, "?"))
+
+
+class Kube:
+    """The handful of calls quiesce/resume need, with retries and operator-readable errors."""
+
+    def __init__(self, namespace: str, api_client=None):
+        from kubernetes import client
+
+        self.namespace = namespace
+        self._client = api_client or _load_client()
+        self.apps = client.AppsV1Api(self._client)
+        self.core = client.CoreV1Api(self._client)
+
+    def _call(self, call: str, name: str | None, *args, attempts: int = 5, **kwargs):
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        api = self.core if call == "list_namespaced_pod" else self.apps
+        delay = 0.2
+        for attempt in range(1, attempts + 1):
+            try:
+                return getattr(api, call)(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            except ApiException as exc:
+                verb, resource = _verb_resource(call)
+                target = f"{resource}/{name}" if name else resource
+                if exc.status in RETRY_STATUSES and attempt < attempts:
+                    log.warning("kubernetes %s %s: HTTP %s, retrying", verb, target, exc.status)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 3)
+                    continue
+                if exc.status == 403:
+                    raise KubeError(
+                        f"forbidden: the service account may not {verb} {resource} "
+                        f"{name or ''} in namespace {self.namespace} (RBAC needs verb '{verb}' on "
+                        f"'{resource}')".replace("  ", " ")) from None
+                if exc.status == 404:
+                    raise KubeError(f"{target} not found in namespace {self.namespace}") from None
+                raise KubeError(f"kubernetes {verb} {target} failed: HTTP {exc.status} {exc.reason}") from None
+            except (HTTPError, OSError) as exc:
+                if attempt < attempts:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 3)
+                    continue
+                raise KubeError(f"Kubernetes API unreachable: {type(exc).__name__}: {exc}") from None
+
+    # -- reading ----------------------------------------------------------------------------
+    def recorded(self, names: Iterable[str]) -> dict[str, int]:
+        """Deployments that carry our annotation, with the replica count recorded there."""
+        found = {}
+        for name in names:
+            dep = self._call("read_namespaced_deployment", name, name, self.namespace)
+            value = (dep.metadata.annotations or {}).get(ANNOTATION)
+            if value is not None:
+                try:
+                    found[name] = int(value)
+                except ValueError:
+                    log.error("deployment %s has an unreadable %s annotation %r", name, ANNOTATION, value)
+        return found
+
+    def replicas(self, name: str) -> int:
+        scale = self._call("read_namespaced_deployment_scale", name, name, self.namespace)
+        return int(scale.spec.replicas or 0)
+
+    def preflight(self, names: Iterable[str]) -> None:
+        """Proves the API answers and every deployment exists before any data is touched."""
+        for name in names:
+            self._call("read_namespaced_deployment_scale", name, name, self.namespace)
+
+    # -- quiesce ----------------------------------------------------------------------------
+    def quiesce(self, names: list[str], timeout: float, job_id: str = "",
+                on_progress: Callable[[str], None] | None = None) -> dict[str, int]:
+        """Records, scales to 0 and waits until every pod is gone. Returns the recorded counts."""
+        recorded: dict[str, int] = {}
+        selectors: dict[str, str] = {}
+        for name in names:
+            scale = self._call("read_namespaced_deployment_scale", name, name, self.namespace)
+            selectors[name] = scale.status.selector or f"app={name}"
+            current = int(scale.spec.replicas or 0)
+            previous = self.recorded([name]).get(name)
+            if previous is not None:
+                # An earlier job crashed after scaling down: the annotation holds the truth.
+                recorded[name] = previous
+            else:
+                self._call("patch_namespaced_deployment", name, name, self.namespace,
+                           {"metadata": {"annotations": {ANNOTATION: str(current), ANNOTATION_JOB: job_id or "-"}}})
+                recorded[name] = current
+            if current != 0:
+                self._call("patch_namespaced_deployment_scale", name, name, self.namespace, {"spec": {"replicas": 0}})
+            log.info("quiesce: %s scaled to 0 (recorded %d)", name, recorded[name])
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while True:
+                pods = self._call("list_namespaced_pod", None, self.namespace, label_selector=selectors[name])
+                if not pods.items:
+                    break
+                if time.monotonic() > deadline:
+                    raise KubeError(f"{len(pods.items)} pod(s) of {name} still running after {timeout:.0f}s")
+                if on_progress:
+                    on_progress(f"waiting for {len(pods.items)} pod(s) of {name} to stop")
+                time.sleep(POLL)
+        return recorded
+
+    # -- resume -----------------------------------------------------------------------------
+    def resume(self, names: list[str], timeout: float,
+               on_progress: Callable[[str], None] | None = None) -> dict[str, int]:
+        """Scales every annotated deployment back to its recorded count, removes the annotation
+        (only after the scale-up, so a crash in between is repaired by the next resume) and waits
+        until the pods are available. Tries every deployment even if one fails."""
+        errors: list[str] = []
+        restored: dict[str, int] = {}
+        for name in names:
+            try:
+                target = self.recorded([name]).get(name)
+                if target is None:
+                    continue
+                self._call("patch_namespaced_deployment_scale", name, name, self.namespace,
+                           {"spec": {"replicas": target}})
+                self._call("patch_namespaced_deployment", name, name, self.namespace,
+                           {"metadata": {"annotations": {ANNOTATION: None, ANNOTATION_JOB: None}}})
+                restored[name] = target
+                log.info("resume: %s scaled back to %d", name, target)
+            except KubeError as exc:
+                errors.append(str(exc))
+        deadline = time.monotonic() + timeout
+        for name, target in restored.items():
+            while target > 0:
+                dep = self._call("read_namespaced_deployment", name, name, self.namespace)
+                available = int((dep.status and dep.status.available_replicas) or 0)
+                if available >= target:
+                    break
+                if time.monotonic() > deadline:
+                    errors.append(f"{name} has {available}/{target} available pods after {timeout:.0f}s")
+                    break
+                if on_progress:
+                    on_progress(f"waiting for {name}: {available}/{target} available")
+                time.sleep(POLL)
+        if errors:
+            raise KubeError("; ".join(errors))
+        return restored
+
+
+def _load_client():
+    """In a pod: the service account. Elsewhere: KUBECONFIG / ~/.kube/config."""
+    from kubernetes import client, config
+
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            cfg = client.Configuration()
+            config.load_incluster_config(client_configuration=cfg)
+            return client.ApiClient(cfg)
+        # KUBECONFIG is read here, not when the client library was imported
+        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
+    except Exception as exc:
+        raise KubeError(f"cannot load Kubernetes configuration: {exc}") from None

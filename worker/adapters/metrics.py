@@ -1,0 +1,156 @@
+"""Prometheus metrics of the worker, served on METRICS_PORT (0 turns them off).
+
+The worker runs its jobs on a threads pool in one process, so the default registry and one
+HTTP server started with the worker are enough. Gauges that alerts depend on ("when did the last
+backup succeed?") are re-seeded at start from the reports kept in Redis, so a restarted pod does
+not look like one that never backed up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Callable
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+from worker.adapters.restic import parse_time
+
+log = logging.getLogger("taiga_backup.metrics")
+
+LAST_SUCCESS = Gauge("taiga_backup_last_success_timestamp_seconds",
+                     "Unix time the last successful job of this kind finished", ["job"])
+LAST_FAILURE = Gauge("taiga_backup_last_failure_timestamp_seconds",
+                     "Unix time the last failed job of this kind finished", ["job"])
+LAST_OK = Gauge("taiga_backup_last_run_success", "1 if the last job of this kind succeeded, 0 if it failed", ["job"])
+LAST_DURATION = Gauge("taiga_backup_last_duration_seconds", "How long the last job of this kind took", ["job"])
+STEP_DURATION = Gauge("taiga_backup_last_step_duration_seconds", "How long each step of the last job took",
+                      ["job", "step"])
+RUNNING = Gauge("taiga_backup_job_running", "1 while a job of this kind runs", ["job"])
+JOBS = Counter("taiga_backup_jobs", "Jobs finished since the worker started, by outcome", ["job", "state"])
+FAILURES = Counter("taiga_backup_job_failures", "Failed jobs since the worker started", ["job"])
+ADDED_BYTES = Gauge("taiga_backup_last_backup_added_bytes",
+                    "Bytes the last successful backup added to each repository", ["repository"])
+FILES = Gauge("taiga_backup_last_backup_files", "Media files of the last successful backup, by change",
+              ["change"])
+DOWNTIME = Gauge("taiga_backup_last_backup_downtime_seconds", "How long the app was down for the last successful backup")
+SNAPSHOTS = Gauge("taiga_backup_snapshots", "Snapshots in each repository", ["repository"])
+
+SNAPSHOT_CHANGING_JOBS = ("backup", "prune", "restore")
+STATES = ("success", "failure")
+_serving = threading.Event()
+_count_lock = threading.Lock()
+_counter: list = []  # the function that counts snapshots per repository, given to serve()
+
+
+def _timestamp(report: dict) -> float | None:
+    try:
+        return parse_time(report["finished_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _known(kind: str) -> None:
+    """Creates a kind's counters at 0, so `increase(...)` alerts work from the first failure on."""
+    for state in STATES:
+        JOBS.labels(kind, state)
+    FAILURES.labels(kind)
+
+
+def _set_last(report: dict) -> None:
+    """The "last run" gauges, from one report (at the end of a job or from Redis at start)."""
+    kind, ok = report["job"], report.get("state") == "SUCCESS"
+    when = _timestamp(report)
+    if when is not None:
+        (LAST_SUCCESS if ok else LAST_FAILURE).labels(kind).set(when)
+    if "duration_seconds" in report:
+        LAST_DURATION.labels(kind).set(report["duration_seconds"])
+    LAST_OK.labels(kind).set(1 if ok else 0)
+    for step, entry in (report.get("steps") or {}).items():
+        if isinstance(entry, dict) and "seconds" in entry:
+            STEP_DURATION.labels(kind, step).set(entry["seconds"])
+    if ok and kind == "backup":
+        for repository, added in (report.get("bytes_added") or {}).items():
+            if repository != "total":  # the sum of the others; sum() in PromQL gives it
+                ADDED_BYTES.labels(repository).set(added)
+        for change in ("new", "changed", "unmodified"):
+            if (report.get("files") or {}).get(f"files_{change}") is not None:
+                FILES.labels(change).set(report["files"][f"files_{change}"])
+        if report.get("downtime_seconds") is not None:
+            DOWNTIME.set(report["downtime_seconds"])
+
+
+def job_started(kind: str) -> None:
+    _known(kind)
+    RUNNING.labels(kind).set(1)
+
+
+def job_finished(report: dict) -> None:
+    kind = report["job"]
+    _known(kind)
+    RUNNING.labels(kind).set(0)
+    state = "success" if report.get("state") == "SUCCESS" else "failure"
+    JOBS.labels(kind, state).inc()
+    if state == "failure":
+        FAILURES.labels(kind).inc()
+    _set_last(report)
+    if kind in SNAPSHOT_CHANGING_JOBS:
+        count_snapshots_soon()
+
+
+def count_snapshots_soon() -> None:
+    """Snapshots per repository, counted in the background: a job's result never waits for it."""
+    if _serving.is_set():
+        threading.Thread(target=_count_snapshots, name="metrics-snapshots", daemon=True).start()
+
+
+def _count_snapshots() -> None:
+    with _count_lock:  # one count at a time; a queued one sees the newest state
+        for name, count in (_counter[0]() if _counter else {}).items():
+            SNAPSHOTS.labels(name).set(count)
+
+
+def seed_from_redis(settings) -> int:
+    """The last reports (`taiga-backup:last:<kind>:<state>`), oldest first; returns how many."""
+    from worker.adapters.redis_store import connect
+
+    client = connect(settings)
+    reports = []
+    for key in client.scan_iter(match="taiga-backup:last:*", count=100):
+        try:
+            report = json.loads(client.get(key) or "null")
+        except ValueError:
+            continue
+        if isinstance(report, dict) and report.get("job") and _timestamp(report) is not None:
+            reports.append(report)
+    for report in sorted(reports, key=_timestamp):
+        _known(report["job"])
+        _set_last(report)
+    return len(reports)
+
+
+def serve(settings, count_snapshots: Callable[[], dict]) -> bool:
+    """Starts the exporter once per process; a busy port is logged, never fatal to the worker.
+    `count_snapshots` returns {repository: snapshots} (it lives with the repository layout)."""
+    if settings.metrics_port == 0 or _serving.is_set():
+        return False
+    try:
+        start_http_server(settings.metrics_port)
+    except OSError as exc:
+        log.warning("metrics: cannot listen on port %d: %s (metrics are off)", settings.metrics_port, exc.strerror)
+        return False
+    _counter[:] = [count_snapshots]
+    _serving.set()
+    log.info("metrics: serving Prometheus metrics on port %d", settings.metrics_port)
+    threading.Thread(target=_seed, args=(settings,), name="metrics-seed", daemon=True).start()
+    return True
+
+
+def _seed(settings) -> None:
+    try:
+        log.info("metrics: seeded from %d stored job report(s)", seed_from_redis(settings))
+    except Exception as exc:
+        log.warning("metrics: could not read the last job reports from Redis: %s", exc)
+    _known("backup")
+    _count_snapshots()

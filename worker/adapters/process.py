@@ -1,0 +1,222 @@
+"""The one place that starts child processes (pg_dump, psql, pg_restore, restic).
+
+Rules kept here so no caller can forget them: argv lists and never a shell; a minimal
+environment plus only the secrets that child needs; stderr always captured (and drained
+concurrently so a chatty child cannot dead-lock on a full pipe) and surfaced, redacted, in the
+error; every run has a deadline after which the whole process group is killed; both ends of a
+pipe are waited for and checked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from worker.errors import OperatorError
+from worker.redact import redact
+
+_BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+STDERR_TAIL = 4000
+
+
+class ProcessError(OperatorError):
+    """A child failed; the message names the program, its exit status and the end of its stderr."""
+
+    def __init__(self, what: str, returncode: int | None, stderr: str, timed_out: bool = False):
+        self.what = what
+        self.returncode = returncode
+        self.stderr = redact(stderr.strip())[-STDERR_TAIL:]
+        self.timed_out = timed_out
+        if timed_out:
+            head = f"{what} did not finish before its deadline and was killed"
+        else:
+            head = f"{what} failed (exit status {returncode})"
+        super().__init__(f"{head}: {self.stderr}" if self.stderr else head)
+
+
+@dataclass
+class Completed:
+    what: str
+    returncode: int | None
+    stdout: bytes
+    stderr: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def error(self) -> ProcessError:
+        return ProcessError(self.what, self.returncode, self.stderr, self.timed_out)
+
+    def check(self, ok_codes: Iterable[int] = (0,)) -> "Completed":
+        if self.timed_out or self.returncode not in tuple(ok_codes):
+            raise self.error()
+        return self
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """A clean environment: only what any child needs, plus the given variables."""
+    env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    for key, value in (extra or {}).items():
+        if value is not None:
+            env[key] = str(value)
+    return env
+
+
+def _drain(stream, sink: list, on_line: Callable[[bytes], None] | None = None, keep: bool = True) -> threading.Thread:
+    def pump():
+        try:
+            if on_line is None:
+                for chunk in iter(lambda: stream.read(65536), b""):
+                    sink.append(chunk)
+            else:
+                for line in stream:
+                    if keep:
+                        sink.append(line)
+                    try:
+                        on_line(line)
+                    except Exception:  # a progress callback must never break the data path
+                        pass
+        finally:
+            stream.close()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_all(procs: list, deadline: float | None) -> bool:
+    """Waits for every process; on the deadline kills them all. Returns True if it had to kill."""
+    timed_out = False
+    for proc in procs:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            for p in procs:
+                _kill_group(p)
+            for p in procs:
+                p.wait()
+            break
+    return timed_out
+
+
+def _popen(argv, env, cwd, stdin, stdout):
+    if isinstance(argv, str):
+        raise TypeError("argv must be a list, never a shell string")
+    return subprocess.Popen(
+        list(argv), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+        start_new_session=True, close_fds=True,
+    )
+
+
+def run(
+    argv: list[str],
+    *,
+    env: dict,
+    what: str | None = None,
+    cwd: str | None = None,
+    input: bytes | None = None,
+    timeout: float | None = None,
+    on_line: Callable[[bytes], None] | None = None,
+    keep_stdout: bool = True,
+) -> Completed:
+    """Runs one program to completion. Does not raise on a non-zero exit: call .check().
+    keep_stdout=False (with on_line) streams output larger than memory without keeping it."""
+    what = what or os.path.basename(argv[0])
+    deadline = None if timeout is None else time.monotonic() + timeout
+    proc = _popen(argv, env, cwd, subprocess.PIPE if input is not None else subprocess.DEVNULL, subprocess.PIPE)
+    out, err = [], []
+    threads = [_drain(proc.stdout, out, on_line, keep_stdout), _drain(proc.stderr, err)]
+    if input is not None:
+        try:
+            proc.stdin.write(input)
+        except BrokenPipeError:
+            pass
+        finally:
+            proc.stdin.close()
+    timed_out = _wait_all([proc], deadline)
+    for t in threads:
+        t.join()
+    return Completed(what, proc.returncode, b"".join(out), b"".join(err).decode("utf-8", "replace"), timed_out)
+
+
+def pipe(
+    producer: list[str],
+    consumer: list[str],
+    *,
+    producer_env: dict,
+    consumer_env: dict,
+    producer_what: str | None = None,
+    consumer_what: str | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    on_consumer_line: Callable[[bytes], None] | None = None,
+    keep_stdout: bool = True,
+) -> tuple[Completed, Completed]:
+    """producer | consumer without a shell. Returns both results; the caller decides what a
+    failure of either end means (a consumer that succeeded on a truncated stream is the
+    dangerous case, so both are always reported)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    p1 = _popen(producer, producer_env, cwd, subprocess.DEVNULL, subprocess.PIPE)
+    try:
+        p2 = _popen(consumer, consumer_env, cwd, p1.stdout, subprocess.PIPE)
+    except BaseException:
+        _kill_group(p1)
+        p1.wait()
+        raise
+    p1.stdout.close()  # only the consumer holds the read end now, so it sees EOF / the producer sees EPIPE
+    err1, out2, err2 = [], [], []
+    threads = [_drain(p1.stderr, err1), _drain(p2.stdout, out2, on_consumer_line, keep_stdout),
+               _drain(p2.stderr, err2)]
+    timed_out = _wait_all([p1, p2], deadline)
+    for t in threads:
+        t.join()
+    r1 = Completed(producer_what or os.path.basename(producer[0]), p1.returncode, b"",
+                   b"".join(err1).decode("utf-8", "replace"), timed_out)
+    r2 = Completed(consumer_what or os.path.basename(consumer[0]), p2.returncode, b"".join(out2),
+                   b"".join(err2).decode("utf-8", "replace"), timed_out)
+    return r1, r2
+
+
+def head(argv: list[str], *, env: dict, nbytes: int, what: str | None = None,
+         timeout: float = 120) -> tuple[bytes, Completed]:
+    """The first `nbytes` of a program's output, then the program is stopped (its whole group):
+    a probe of a stream that may be larger than memory. The result's returncode is that of the
+    killed program; callers judge the bytes, and use the stderr when there are none."""
+    what = what or os.path.basename(argv[0])
+    proc = _popen(argv, env, None, subprocess.DEVNULL, subprocess.PIPE)
+    err: list = []
+    drain = _drain(proc.stderr, err)
+    timer = threading.Timer(timeout, _kill_group, (proc,))
+    timer.start()
+    try:
+        data = b""
+        while len(data) < nbytes:
+            chunk = proc.stdout.read(nbytes - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        timer.cancel()
+        _kill_group(proc)
+        proc.stdout.close()
+        proc.wait()
+        drain.join()
+    return data, Completed(what, proc.returncode, data, b"".join(err).decode("utf-8", "replace"))

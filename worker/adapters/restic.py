@@ -1,0 +1,348 @@
+"""restic, one repository at a time: init, backup (directory or stdin pipe), list, forget, dump,
+restore, keys, locks.
+
+Works with Debian's restic 0.14 and uses nothing newer unless the version says it is there.
+Credentials reach restic only through its own environment (a password *file* path, S3 keys);
+they are never in argv.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Callable
+
+from worker.adapters import process
+from worker.adapters.process import Completed, ProcessError
+
+NO_REPO = re.compile(r"(Is there a repository at the following location|does not exist|unable to open config file"
+                     r"|repository does not exist)", re.IGNORECASE)
+WRONG_PASSWORD = re.compile(r"wrong password|no key found", re.IGNORECASE)
+LOCKED = re.compile(r"(repository is already locked|unable to create lock|lock failed)", re.IGNORECASE)
+EXIT_INCOMPLETE = 3
+# restic 0.14 adds "Is there a repository...?" to any failure to open one, a dead endpoint included
+UNREACHABLE = re.compile(r"dial tcp|connection refused|no such host|i/o timeout|network is unreachable"
+                         r"|handshake|connection reset", re.IGNORECASE)
+RETRYING = re.compile(r"returned error, retrying", re.IGNORECASE)
+DAMAGED = re.compile(r"repository contains errors", re.IGNORECASE)
+
+
+class ResticError(ProcessError):
+    """restic failed; `kind` classifies the common causes so callers can react (and tests assert)."""
+
+    @property
+    def kind(self) -> str:
+        if self.returncode == 12 or WRONG_PASSWORD.search(self.stderr):
+            return "wrong-password"
+        if self.returncode == 11 or LOCKED.search(self.stderr):
+            return "locked"
+        if self.returncode != 10 and UNREACHABLE.search(self.stderr):
+            return "unreachable"
+        if self.returncode == 10 or NO_REPO.search(self.stderr):
+            return "no-repository"
+        if self.returncode == EXIT_INCOMPLETE:
+            return "incomplete"
+        return "error"
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _raise(result: Completed, ok=(0,)) -> Completed:
+    if result.timed_out or result.returncode not in ok:
+        raise ResticError(result.what, result.returncode, result.stderr, result.timed_out)
+    return result
+
+
+def parse_time(text: str) -> datetime:
+    """restic times have nanoseconds and an offset; Python wants at most microseconds."""
+    text = text.strip().replace("Z", "+00:00")
+    if "." in text:
+        head, _, rest = text.partition(".")
+        frac = "".join(ch for ch in rest if ch.isdigit())
+        tz = rest[len(frac):]
+        text = f"{head}.{frac[:6]}{tz}"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@lru_cache(maxsize=1)
+def version() -> tuple[int, ...]:
+    """Installed restic version, e.g. (0, 14, 0)."""
+    out = process.run(["restic", "version"], env=process.child_env(), timeout=60).check().stdout.decode()
+    match = re.search(r"restic (\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in match.groups()) if match else (0, 0, 0)
+
+
+@dataclass
+class BackupSummary:
+    """restic's final summary line, plus the snapshot it made."""
+
+    snapshot_id: str | None
+    data_added: int = 0
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    total_files_processed: int = 0
+    total_bytes_processed: int = 0
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "BackupSummary":
+        return cls(
+            snapshot_id=doc.get("snapshot_id"),
+            data_added=int(doc.get("data_added", 0)),
+            files_new=int(doc.get("files_new", 0)),
+            files_changed=int(doc.get("files_changed", 0)),
+            files_unmodified=int(doc.get("files_unmodified", 0)),
+            total_files_processed=int(doc.get("total_files_processed", 0)),
+            total_bytes_processed=int(doc.get("total_bytes_processed", 0)),
+            raw=doc,
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "data_added": self.data_added,
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unmodified": self.files_unmodified,
+            "total_files_processed": self.total_files_processed,
+            "total_bytes_processed": self.total_bytes_processed,
+        }
+
+
+class JsonLines:
+    """Collects restic --json output: forwards status lines to a callback, keeps the summary."""
+
+    def __init__(self, on_status: Callable[[dict], None] | None = None):
+        self.on_status = on_status
+        self.summary: dict | None = None
+        self.errors: list[str] = []
+
+    def __call__(self, line: bytes) -> None:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        kind = doc.get("message_type")
+        if kind == "summary":
+            self.summary = doc
+        elif kind == "status" and self.on_status:
+            self.on_status(doc)
+        elif kind == "error":
+            self.errors.append(str(doc.get("error", doc)))
+
+
+class Repository:
+    """One restic repository (e.g. `$RESTIC_REPOSITORY/files`)."""
+
+    def __init__(self, url: str, password_file: str, *, host: str, extra_env: dict | None = None,
+                 cache_dir: str | None = None, name: str | None = None):
+        self.url = url
+        self.password_file = password_file
+        self.host = host
+        self.name = name or url.rstrip("/").rsplit("/", 1)[-1]
+        self._extra_env = dict(extra_env or {})
+        self._cache_dir = cache_dir
+
+    def env(self) -> dict:
+        extra = {"RESTIC_REPOSITORY": self.url, "RESTIC_PASSWORD_FILE": self.password_file}
+        if self._cache_dir:
+            extra["RESTIC_CACHE_DIR"] = self._cache_dir
+        extra.update(self._extra_env)
+        return process.child_env(extra)
+
+    def run(self, *args: str, timeout: float | None = 600, ok=(0,), on_line=None, cwd=None,
+            input: bytes | None = None) -> Completed:
+        argv = ["restic", *args]
+        what = f"restic {args[0]} ({self.name})"
+        result = process.run(argv, env=self.env(), what=what, timeout=timeout, on_line=on_line, cwd=cwd,
+                             input=input)
+        return _raise(result, ok)
+
+    # -- repository -------------------------------------------------------------------------
+    def exists(self, timeout: float = 120) -> bool:
+        """True when the repository is there and the password opens it; raises on other errors."""
+        try:
+            self.run("cat", "config", timeout=timeout)
+            return True
+        except ResticError as exc:
+            if exc.kind == "no-repository":
+                return False
+            raise
+
+    def init_if_missing(self, timeout: float = 300) -> bool:
+        """Creates the repository on first use; a no-op when present. Returns True if created."""
+        if self.exists(timeout=min(timeout, 120)):
+            return False
+        self.run("init", timeout=timeout)
+        return True
+
+    def unlock_stale(self, timeout: float = 120) -> None:
+        """Removes locks restic itself considers stale (dead PID on this host, or > 30 min old)."""
+        self.run("unlock", timeout=timeout)
+
+    def unlock_all(self) -> None:
+        self.run("unlock", "--remove-all", timeout=120)
+
+    def locks(self) -> list[dict]:
+        """Every lock with its holder (host, pid, user, time), read without taking a lock."""
+        ids = self.run("list", "locks", "--no-lock", timeout=120).stdout.decode().split()
+        holders = []
+        for lock_id in ids:
+            try:
+                doc = json.loads(self.run("cat", "lock", lock_id, "--no-lock", timeout=60).stdout)
+            except (ResticError, ValueError):
+                continue  # removed between list and cat
+            doc["id"] = lock_id
+            holders.append(doc)
+        return holders
+
+    # -- snapshots --------------------------------------------------------------------------
+    def snapshots(self, tag: str | None = None) -> list[dict]:
+        args = ["snapshots", "--json", "--no-lock"]
+        if tag:
+            args += ["--tag", tag]
+        docs = json.loads(self.run(*args, timeout=300).stdout or b"[]") or []
+        return sorted(docs, key=lambda d: d.get("time", ""))
+
+    def forget(self, *snapshot_ids: str, prune: bool = False, timeout: float = 3600) -> None:
+        if snapshot_ids:
+            self.run("forget", *(["--prune"] if prune else []), "--", *snapshot_ids, timeout=timeout)
+
+    # -- backup -----------------------------------------------------------------------------
+    def _backup_args(self, tags: list[str]) -> list[str]:
+        args = ["backup", "--json", "--host", self.host]
+        for tag in tags:
+            args += ["--tag", tag]
+        return args
+
+    def backup_dir(self, path: str, tags: list[str], *, on_status=None, timeout=None,
+                   excludes: tuple[str, ...] = ()) -> BackupSummary:
+        """`restic backup .` from inside `path` (the seed's layout: snapshot paths are relative)."""
+        deadline = _deadline(timeout)
+        lines = JsonLines(on_status)
+        skip = [arg for pattern in excludes for arg in ("--exclude", pattern)]
+        result = process.run(["restic", *self._backup_args(tags), *skip, "."], env=self.env(), cwd=path,
+                             what=f"restic backup ({self.name})", timeout=timeout, on_line=lines,
+                             keep_stdout=False)
+        summary = BackupSummary.from_json(lines.summary) if lines.summary else None
+        if not result.ok:
+            if summary and summary.snapshot_id:
+                # exit 3: a snapshot exists but some files could not be read - it is not a good backup
+                self._forget_quietly(summary.snapshot_id)
+            raise ResticError(result.what, result.returncode, result.stderr, result.timed_out)
+        if summary is None or not summary.snapshot_id:
+            raise ResticError(result.what, result.returncode, "restic printed no summary: " + result.stderr)
+        return self._full_id(summary, deadline)
+
+    def backup_pipe(self, producer: list[str], producer_env: dict, tags: list[str], *, filename="stdin",
+                    on_status=None, timeout=None, producer_what=None) -> BackupSummary:
+        """producer | restic backup --stdin, with no temporary file. A snapshot made from a stream
+        whose producer failed is removed again before the error is raised."""
+        deadline = _deadline(timeout)
+        lines = JsonLines(on_status)
+        args = self._backup_args(tags) + ["--stdin"]
+        if filename != "stdin":
+            args += ["--stdin-filename", filename]
+        prod, cons = process.pipe(producer, ["restic", *args], producer_env=producer_env,
+                                  consumer_env=self.env(), producer_what=producer_what,
+                                  consumer_what=f"restic backup --stdin ({self.name})", timeout=timeout,
+                                  on_consumer_line=lines, keep_stdout=False)
+        summary = BackupSummary.from_json(lines.summary) if lines.summary else None
+        if prod.timed_out and (RETRYING.search(cons.stderr) or UNREACHABLE.search(cons.stderr)):
+            # both were killed at the deadline: restic retrying an unreachable repository (for
+            # minutes) is why, not pg_dump blocked on the full pipe
+            raise ResticError(cons.what, cons.returncode, cons.stderr, True)
+        if not prod.ok:
+            if summary and summary.snapshot_id:
+                self._forget_quietly(summary.snapshot_id)
+            raise prod.error()
+        if not cons.ok:
+            raise ResticError(cons.what, cons.returncode, cons.stderr, cons.timed_out)
+        if summary is None or not summary.snapshot_id:
+            raise ResticError(cons.what, cons.returncode, "restic printed no summary: " + cons.stderr)
+        return self._full_id(summary, deadline)
+
+    def _full_id(self, summary: BackupSummary, deadline: float | None = None) -> BackupSummary:
+        """restic 0.14 reports the short id; results and tags always carry the full one. Looked up
+        within what is left of the backup's deadline."""
+        if summary.snapshot_id and len(summary.snapshot_id) < 64:
+            left = 120 if deadline is None else max(1.0, deadline - time.monotonic())
+            docs = json.loads(self.run("snapshots", "--json", "--no-lock", summary.snapshot_id, timeout=left).stdout)
+            if len(docs) == 1:
+                summary.snapshot_id = docs[0]["id"]
+        return summary
+
+    def _forget_quietly(self, snapshot_id: str) -> None:
+        try:
+            self.forget(snapshot_id)
+        except ProcessError:
+            pass
+
+    # -- reading back -----------------------------------------------------------------------
+    def dump_argv(self, snapshot_id: str, filename: str = "stdin") -> list[str]:
+        """argv for streaming one file of a snapshot to stdout (the producer side of a pipe).
+        Callers pass only ids that passed validation (hex), never raw request fields."""
+        return ["restic", "dump", snapshot_id, filename]
+
+    def restore(self, snapshot_id: str, target: str, *, timeout=None, on_line=None) -> Completed:
+        return self.run("restore", snapshot_id, "--target", target, timeout=timeout, on_line=on_line)
+
+    def ls(self, snapshot_id: str) -> list[dict]:
+        out = self.run("ls", "--json", "--no-lock", snapshot_id, timeout=600).stdout
+        nodes = []
+        for line in out.splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if doc.get("struct_type") == "node":
+                nodes.append(doc)
+        return nodes
+
+    # -- keys (password change) -------------------------------------------------------------
+    def keys(self) -> list[dict]:
+        """The repository's keys; the one this password opens has `current: true`. Raises
+        ResticError (kind "wrong-password") when the password opens none. restic 0.14 takes a
+        shared lock here despite --no-lock (kind "locked" under an exclusive one)."""
+        return json.loads(self.run("key", "list", "--json", "--no-lock", timeout=120).stdout or b"[]") or []
+
+    def add_key(self, new_password_file: str, host: str | None = None) -> None:
+        """Adds a key for the password in `new_password_file` (a path: never the password in argv)."""
+        self.run("key", "add", "--new-password-file", new_password_file, *(["--host", host] if host else []),
+                 timeout=300)
+
+    def remove_key(self, key_id: str) -> None:
+        """restic refuses to remove the key this password uses, so a caller cannot lock itself out."""
+        self.run("key", "remove", key_id, timeout=300)
+
+    # -- upkeep -----------------------------------------------------------------------------
+    def forget_plan(self, policy: list[str]) -> list[dict]:
+        """What `forget` with this policy would do, per group; changes nothing and takes no lock."""
+        out = self.run("forget", "--dry-run", "--json", "--no-lock", *policy, timeout=600).stdout
+        return json.loads(out or b"[]") or []
+
+    def check(self, read_data_subset: str | None = None, *, timeout: float | None = None) -> Completed:
+        """`restic check`; exit 1 means damage was found: returned, not raised, so the caller can
+        report restic's findings."""
+        args = ["check"] + (["--read-data-subset", read_data_subset] if read_data_subset else [])
+        result = self.run(*args, timeout=timeout, ok=(0, 1))
+        if result.returncode == 1 and not DAMAGED.search(result.stderr):
+            raise ResticError(result.what, result.returncode, result.stderr)  # e.g. locked, wrong password
+        return result
+
+    def stream(self, *args: str, on_line: Callable[[bytes], None], timeout: float | None = None) -> Completed:
+        """Runs restic and hands each stdout line to `on_line` without keeping the output (a dump
+        may be larger than memory)."""
+        result = process.run(["restic", *args], env=self.env(), what=f"restic {args[0]} ({self.name})",
+                             timeout=timeout, on_line=on_line, keep_stdout=False)
+        return _raise(result)

@@ -1,0 +1,83 @@
+"""Backups as pairs of snapshots: one in `files`, one in `pg-database`.
+
+Our snapshots carry a shared tag `backup-id=<id>`; the old procedure's carry no tags and are
+paired by nearest time (it dumped the database, then backed up the files, minutes apart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from worker.adapters.restic import parse_time
+from worker.backups import layout
+from worker.settings import Settings
+
+ID_TAG = "backup-id="
+KIND_TAG = "kind="
+LEGACY_MAX_GAP_SECONDS = 6 * 3600
+
+
+def _tag(snapshot: dict, prefix: str) -> str | None:
+    for tag in snapshot.get("tags") or []:
+        if tag.startswith(prefix):
+            return tag[len(prefix):]
+    return None
+
+
+@dataclass
+class Backup:
+    id: str
+    files: dict | None
+    database: dict | None
+    kind: str
+    tagged: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.files is not None and self.database is not None
+
+    @property
+    def time(self) -> datetime:
+        times = [parse_time(s["time"]) for s in (self.database, self.files) if s]
+        return min(times)
+
+    def snapshot_ids(self) -> dict:
+        return {"files": self.files and self.files["id"], "pg-database": self.database and self.database["id"]}
+
+    def as_dict(self) -> dict:
+        return {"backup_id": self.id, "time": self.time.strftime("%Y-%m-%dT%H:%M:%SZ"), "kind": self.kind,
+                "complete": self.complete, "tagged": self.tagged, "snapshots": self.snapshot_ids(),
+                "hosts": sorted({s.get("hostname", "") for s in (self.files, self.database) if s})}
+
+
+def pair(files: list[dict], database: list[dict]) -> list[Backup]:
+    """Builds the backup list (oldest first) from both repositories' snapshot lists."""
+    by_id: dict[str, dict] = {}
+    legacy_files, legacy_db = [], []
+    for repo, snaps, legacy in (("files", files, legacy_files), ("pg-database", database, legacy_db)):
+        for snap in snaps:
+            backup_id = _tag(snap, ID_TAG)
+            if backup_id:
+                entry = by_id.setdefault(backup_id, {"kind": _tag(snap, KIND_TAG) or "manual"})
+                entry[repo] = snap
+            else:
+                legacy.append(snap)
+    backups = [Backup(bid, e.get("files"), e.get("pg-database"), e["kind"], True) for bid, e in by_id.items()]
+    unmatched_files = sorted(legacy_files, key=lambda s: parse_time(s["time"]))
+    for db in sorted(legacy_db, key=lambda s: parse_time(s["time"])):
+        t = parse_time(db["time"])
+        best = min(unmatched_files, key=lambda f: abs((parse_time(f["time"]) - t).total_seconds()), default=None)
+        if best is not None and abs((parse_time(best["time"]) - t).total_seconds()) <= LEGACY_MAX_GAP_SECONDS:
+            unmatched_files.remove(best)
+        else:
+            best = None
+        backups.append(Backup("legacy-" + t.strftime("%Y%m%dT%H%M%SZ"), best, db, "legacy", False))
+    for f in unmatched_files:
+        backups.append(Backup("legacy-" + parse_time(f["time"]).strftime("%Y%m%dT%H%M%SZ"), f, None, "legacy", False))
+    return sorted(backups, key=lambda b: b.time)
+
+
+def list_backups(settings: Settings) -> list[Backup]:
+    repos = layout.both(settings)
+    return pair(repos[layout.FILES].snapshots(), repos[layout.DATABASE].snapshots())

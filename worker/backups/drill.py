@@ -1,0 +1,163 @@
+"""Restore drill: proves the latest backup restores, without touching the live app.
+
+The dump is loaded into a scratch database (`taiga_backup_verify_<id>`, on the app's server or on
+VERIFY_POSTGRES_HOST) and the files snapshot is restored into a temporary directory (in
+VERIFY_DIR). Both are compared with what the backup itself holds: rows per table as counted in
+the dump's COPY sections (exact, and there for the old procedure's backups too, unlike counts
+taken beside a live app), and files and bytes as restic lists the snapshot. Scratch database and
+directory are always removed; leftovers of an interrupted drill are removed at the next one (the
+job lease guarantees no other drill is running).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+from psycopg import sql
+
+from worker.adapters import postgres, process
+from worker.adapters.restic import Repository, ResticError
+from worker.backups import catalog, database
+from worker.errors import OperatorError
+from worker.settings import Settings
+
+SCRATCH_PREFIX = "taiga_backup_verify_"
+DIR_PREFIX = "taiga-backup-verify-"
+MAX_LISTED = 10
+_IDENT = rb'(?:"(?:[^"]|"")*"|[^ ."]+)'
+COPY_LINE = re.compile(rb"^COPY (" + _IDENT + rb"\." + _IDENT + rb") .*FROM stdin;$")
+
+
+class DrillError(OperatorError):
+    """The backup did not restore as recorded; the message lists the differences."""
+
+
+class CopyRows:
+    """Counts the data rows of each COPY section of a plain SQL dump, fed line by line (COPY text
+    format escapes newlines inside values, so one line is one row)."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self._table: str | None = None
+
+    def __call__(self, line: bytes) -> None:
+        if self._table is not None:
+            if line.rstrip(b"\r\n") == b"\\.":
+                self._table = None
+            else:
+                self.counts[self._table] += 1
+        elif line.startswith(b"COPY "):
+            match = COPY_LINE.match(line.rstrip(b"\r\n"))
+            if match:
+                self._table = match.group(1).decode("utf-8", "replace")
+                self.counts[self._table] = 0
+
+
+def scratch_settings(settings: Settings) -> Settings:
+    """Settings pointing at the drill's server; pg_db is the database to connect to for CREATE/DROP."""
+    if not settings.verify_pg_host:
+        return settings
+    return dataclasses.replace(
+        settings, pg_host=settings.verify_pg_host, pg_port=settings.verify_pg_port,
+        pg_user=settings.verify_pg_user or settings.pg_user,
+        pg_password=settings.verify_pg_password if settings.verify_pg_password else settings.pg_password,
+        pg_db=settings.verify_pg_db or "postgres")
+
+
+def latest_backup(settings: Settings) -> catalog.Backup:
+    complete = [b for b in catalog.list_backups(settings) if b.complete]
+    if not complete:
+        raise DrillError("there is no complete backup (files and database) to verify")
+    return complete[-1]
+
+
+def dump_row_counts(repo: Repository, snapshot_id: str, fmt: str, timeout: float | None) -> dict[str, int]:
+    """Rows per table in the dump itself, streamed (never held in memory)."""
+    rows = CopyRows()
+    if fmt == "plain":
+        repo.stream(*repo.dump_argv(snapshot_id)[1:], on_line=rows, timeout=timeout)
+        return rows.counts
+    prod, cons = process.pipe(repo.dump_argv(snapshot_id), ["pg_restore", "--data-only", "--file=-"],
+                              producer_env=repo.env(), consumer_env=process.child_env(),
+                              producer_what=f"restic dump ({repo.name})", timeout=timeout,
+                              on_consumer_line=rows, keep_stdout=False)
+    if not prod.ok:
+        raise ResticError(prod.what, prod.returncode, prod.stderr, prod.timed_out)
+    cons.check()
+    return rows.counts
+
+
+def drop_scratch(settings: Settings, dbname: str | None = None) -> list[str]:
+    """Drops the given scratch database, or (None) every one an interrupted drill left behind (ours
+    only: a database with our prefix owned by someone else is not ours to drop)."""
+    with postgres.connect(settings) as conn:
+        if dbname is None:
+            names = [r[0] for r in conn.execute(
+                "select datname from pg_database where datname like %s and datdba = (select oid from pg_roles"
+                " where rolname = current_user)", (SCRATCH_PREFIX.replace("_", r"\_") + "%",)).fetchall()]
+        else:
+            names = [dbname]
+        for name in names:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+    return names
+
+
+def _differences(expected: dict, actual: dict, what: str, unit: str) -> list[str]:
+    out = []
+    for key in sorted(set(expected) | set(actual)):
+        if expected.get(key) != actual.get(key):
+            out.append(f"{what} {key}: backup {expected.get(key, 'missing')}, restored "
+                       f"{actual.get(key, 'missing')}{unit}")
+    return out
+
+
+def _files_on_disk(root: str) -> dict[str, int]:
+    found = {}
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(top, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                found["/" + os.path.relpath(path, root)] = os.lstat(path).st_size
+    return found
+
+
+def check_database(scratch: Settings, repo: Repository, snapshot_id: str, dbname: str, timeout: float) -> dict:
+    """Loads the dump into `dbname` (created here) and compares rows per table with the dump."""
+    with postgres.connect(scratch) as conn:
+        conn.execute(sql.SQL("create database {} template template0").format(sql.Identifier(dbname)))
+    fmt = database.detect_format(repo, snapshot_id)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        counted = pool.submit(dump_row_counts, repo, snapshot_id, fmt, timeout)
+        database.load(scratch, repo, snapshot_id, dbname, timeout=timeout)
+        expected = counted.result()
+    actual = postgres.table_row_counts(scratch, dbname)
+    diffs = _differences(expected, actual, "table", " rows")
+    if diffs:
+        raise DrillError(f"{len(diffs)} table(s) differ from the dump: " + "; ".join(diffs[:MAX_LISTED]))
+    return {"format": fmt, "tables": len(actual), "rows": sum(actual.values()), "row_counts": actual,
+            "server": scratch.pg_address, "scratch_database": dbname}
+
+
+def check_files(repo: Repository, snapshot_id: str, target: str, timeout: float) -> dict:
+    """Restores the files snapshot into `target` and compares every file's size with restic's listing."""
+    expected = {n["path"]: int(n.get("size") or 0) for n in repo.ls(snapshot_id) if n.get("type") == "file"}
+    repo.restore(snapshot_id, target, timeout=timeout)
+    actual = _files_on_disk(target)
+    diffs = _differences(expected, actual, "file", " bytes")
+    if diffs:
+        raise DrillError(f"{len(diffs)} file(s) differ from the snapshot: " + "; ".join(diffs[:MAX_LISTED]))
+    return {"files": len(actual), "bytes": sum(actual.values())}
+
+
+def remove_leftovers(scratch: Settings, parent: str) -> list[str]:
+    """What an interrupted drill left: scratch databases and directories (the job lease
+    guarantees no other drill is running)."""
+    dirs = glob.glob(os.path.join(parent, DIR_PREFIX + "*"))
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    return drop_scratch(scratch) + dirs

@@ -1,0 +1,214 @@
+"""What every taiga-backup job shares: settings, the one-job-per-repository lease, timed steps,
+throttled progress for Celery/Flower, and a report that is stored in Redis whatever happens.
+
+A job never reports success unless every step succeeded; it ends FAILURE with the *first* error
+(later ones, e.g. from resume, are kept in the report's `errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from worker import redact
+from worker.adapters.redis_store import connect as redis_connect
+from worker.errors import JobFailed, LeaseBusy, OperatorError
+from worker.jobs import hooks
+from worker.jobs.lease import JobBusy, JobLock
+from worker.settings import Settings, SettingsError
+
+log = logging.getLogger("taiga_backup.job")
+REPORT_TTL = 30 * 24 * 3600
+PROGRESS_INTERVAL = 1.0
+
+
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def report_key(task_id: str) -> str:
+    return f"taiga-backup:report:{task_id}"
+
+
+class Job:
+    """One running job: report, step timings, progress."""
+
+    def __init__(self, kind: str, settings: Settings, task=None):
+        self.kind = kind
+        self.settings = settings
+        self.task = task
+        self.task_id = (task.request.id if task is not None and task.request.id else None) or str(uuid.uuid4())
+        self.report: dict = {"job": kind, "task_id": self.task_id, "state": "STARTED", "started_at": now_iso(),
+                             "steps": {}}
+        self.errors: list[str] = []
+        self.lease = None  # the JobLock, once run_job holds it
+        self._t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._progress: dict[str, dict] = {}
+        self._pushed = 0.0
+
+    # -- progress ---------------------------------------------------------------------------
+    def progress(self, step: str, percent: float | None = None, message: str | None = None,
+                 force: bool = False) -> None:
+        with self._lock:
+            entry = self._progress.setdefault(step, {})
+            if percent is not None:
+                entry["percent"] = round(max(0.0, min(100.0, percent)), 1)
+            if message:
+                entry["message"] = message
+            now = time.monotonic()
+            if not force and now - self._pushed < PROGRESS_INTERVAL:
+                return
+            self._pushed = now
+            meta = {"job": self.kind, "step": step, "percent": entry.get("percent"),
+                    "message": entry.get("message"), "steps": json.loads(json.dumps(self._progress)),
+                    "elapsed_seconds": round(now - self._t0, 1)}
+        if self.task is not None:
+            try:
+                # explicit id: Celery's request context is thread-local and steps run in threads
+                self.task.update_state(task_id=self.task_id, state="PROGRESS", meta=meta)
+            except Exception as exc:  # progress is best effort; the job goes on
+                log.warning("could not publish progress: %s", exc)
+
+    # -- steps ------------------------------------------------------------------------------
+    @contextmanager
+    def step(self, name: str):
+        """Times a step, logs one line when it ends, records any error (the first one wins)."""
+        t0 = time.monotonic()
+        self.progress(name, 0.0, "started", force=True)
+        fields = {"task_id": self.task_id, "job": self.kind, "step": name}  # structured, for LOG_FORMAT=json
+        log.info("%s: %s started", self.kind, name, extra=fields)
+        entry = {"started_at": now_iso()}
+        try:
+            yield entry
+        except Exception as exc:
+            entry["error"] = self.fail(name, exc)
+            raise
+        finally:
+            entry["seconds"] = round(time.monotonic() - t0, 3)
+            entry["ok"] = "error" not in entry
+            self.report["steps"][name] = entry
+            log.info("%s: %s %s in %.1fs", self.kind, name, "finished" if entry["ok"] else "FAILED", entry["seconds"],
+                     extra={**fields, "duration_seconds": entry["seconds"]})
+            if entry["ok"]:
+                self.progress(name, 100.0, "done", force=True)
+
+    def fail(self, step: str, exc: BaseException) -> str:
+        message = redact.redact(f"{step}: {exc}")
+        with self._lock:
+            if message not in self.errors:
+                self.errors.append(message)
+        return message
+
+    def in_parallel(self, work: dict) -> dict:
+        """Runs each callable (name -> fn, each using job.step inside) in its own thread; returns
+        the results of those that succeeded. A failure was recorded by its step: it is only left out."""
+        results: dict = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(work)), thread_name_prefix=f"{self.kind}-step") as pool:
+            futures = {name: pool.submit(fn) for name, fn in work.items()}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except Exception:
+                    pass
+        return results
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+
+def store_report(settings: Settings, report: dict) -> None:
+    try:
+        client = redis_connect(settings)
+        payload = json.dumps(report, sort_keys=True)
+        client.set(report_key(report["task_id"]), payload, ex=REPORT_TTL)
+        client.set(f"taiga-backup:last:{report['job']}:{report['state'].lower()}", payload)
+    except Exception as exc:
+        log.warning("could not store the job report in Redis: %s", exc)
+
+
+def _safe(hook, *args) -> None:
+    """Metrics and notifications never change a job's outcome."""
+    try:
+        hook(*args)
+    except Exception as exc:
+        log.warning("%s failed: %s", getattr(hook, "__name__", hook), redact.redact(str(exc)))
+
+
+def load_settings() -> Settings:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise JobFailed(f"invalid setting: {exc}") from None
+    redact.register(*settings.secrets())
+    return settings
+
+
+def run_job(task, kind: str, body, *, exclusive: bool = True) -> dict:
+    """Runs body(job) under the repository lease; returns the report or raises JobFailed."""
+    settings = load_settings()
+    job = Job(kind, settings, task)
+    lock = JobLock(redis_connect(settings), settings.restic_repository, settings.lock_lease_seconds)
+    job.lease = lock
+    if exclusive:
+        try:
+            lock.acquire(kind, job.task_id)
+        except JobBusy as exc:
+            raise LeaseBusy(str(exc)) from None
+    _safe(hooks.job_started, settings, kind, job.task_id)
+    try:
+        try:
+            result = body(job) or {}
+        except Exception as exc:
+            if not job.errors:  # not already recorded by a step
+                text = str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
+                job.errors.append(redact.redact(text))
+            if isinstance(exc, OperatorError):
+                log.error("%s failed: %s", kind, redact.redact(str(exc)))
+            else:
+                log.exception("%s failed", kind)
+        else:
+            job.report.update(result)
+        job.report["finished_at"] = now_iso()
+        job.report["duration_seconds"] = round(job.elapsed(), 3)
+        if job.errors:
+            job.report.update(state="FAILURE", error=job.errors[0], errors=job.errors)
+            store_report(settings, job.report)
+            _safe(hooks.job_finished, settings, job.report)
+            raise JobFailed(job.errors[0])
+        job.report["state"] = "SUCCESS"
+        store_report(settings, job.report)
+        _safe(hooks.job_finished, settings, job.report)
+        return job.report
+    finally:
+        if exclusive:
+            lock.release()
+
+
+BUSY_RETRIES = 80  # with the back-off: about six hours, as long as a beat message lives
+
+
+def run_scheduled(task, kind: str, trigger: str, body) -> dict:
+    """run_job for a job beat may trigger: a scheduled one that finds the lease taken (a long
+    backup overrunning into the prune slot) comes back later, 5 s doubling to 5 min, instead of
+    failing; a manual request fails at once, naming the job in the way."""
+
+    def with_trigger(job: Job) -> dict:
+        job.report["trigger"] = trigger
+        return body(job)
+
+    try:
+        return run_job(task, kind, with_trigger)
+    except LeaseBusy as exc:
+        if trigger != "schedule" or task is None:
+            raise
+        log.info("%s: %s; trying again later", task.name, exc)
+        raise task.retry(countdown=min(300, 5 * 2 ** (task.request.retries or 0)), max_retries=BUSY_RETRIES)

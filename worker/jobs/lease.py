@@ -1,0 +1,197 @@
+"""One job at a time per repository: a Redis lease, renewed while the job runs.
+
+A lease (not a lock that lives until released) because the holder may be SIGKILLed: its lease
+then runs out within JOB_LOCK_LEASE seconds and the reconciler may resume the app. Beside the
+lease, an `active` record without expiry names the task that holds it, so a new worker can tell
+that a job was interrupted and mark it failed instead of leaving it STARTED forever. Whoever
+takes the lease next moves a dead holder's `active` record to the `interrupted` list, so it is
+settled (by the reconciler) even when a new job, not the reconciler, gets there first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+
+import redis
+
+from worker.errors import OperatorError
+
+log = logging.getLogger(__name__)
+
+class JobBusy(OperatorError):
+    """Another taiga-backup job holds the repository."""
+
+
+def repo_key(repository: str) -> str:
+    return hashlib.sha256(repository.encode()).hexdigest()[:16]
+
+
+class JobLock:
+    """Lease `taiga-backup:lock:<repo>`; value is JSON naming the holder."""
+
+    def __init__(self, client: redis.Redis, repository: str, lease_seconds: int = 60):
+        self.redis = client
+        self.key = f"taiga-backup:lock:{repo_key(repository)}"
+        self.active_key = f"taiga-backup:active:{repo_key(repository)}"
+        self.interrupted_key = f"taiga-backup:interrupted:{repo_key(repository)}"
+        self._active: str | None = None
+        self.lease = int(lease_seconds)
+        self._value: str | None = None
+        self._task_id: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = threading.Event()
+
+    def holder(self) -> dict | None:
+        raw = self.redis.get(self.key)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {"raw": raw.decode(errors="replace")}
+
+    def active(self) -> dict | None:
+        raw = self.redis.get(self.active_key)
+        return json.loads(raw) if raw else None
+
+    def acquire(self, kind: str, task_id: str, patience: float = 30.0) -> None:
+        """Takes the lease or raises JobBusy naming the job that holds it. The reconciler holds it
+        for a moment only, so a job that finds it there waits (up to `patience` s) instead of
+        being refused; any other holder is a real job and the answer is an immediate no."""
+        record = {"kind": kind, "task_id": task_id, "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": uuid.uuid4().hex}
+        value = json.dumps(record, sort_keys=True)
+        deadline = time.monotonic() + patience
+        while not self.redis.set(self.key, value, nx=True, ex=self.lease):
+            other = self.holder() or {}
+            if other.get("kind") == "reconcile" and kind != "reconcile" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            raise JobBusy(
+                f"another taiga-backup job is running on this repository: {other.get('kind', '?')} "
+                f"task {other.get('task_id', '?')} on {other.get('host', '?')} since {other.get('since', '?')}; "
+                f"refusing to run {kind} concurrently")
+        self._value = value
+        self._task_id = task_id
+        self._active = json.dumps({"kind": kind, "task_id": task_id, "host": record["host"],
+                                   "since": record["since"], "started": time.time()}, sort_keys=True)
+        self._hand_over_active()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew_loop, name="job-lease", daemon=True)
+        self._thread.start()
+
+    def _hand_over_active(self) -> None:
+        """Writes our `active` record. One already there belongs to a holder whose lease ran out
+        (it died): it goes to the `interrupted` list instead of being overwritten."""
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.active_key)
+                    previous = pipe.get(self.active_key)
+                    pipe.multi()
+                    if previous:
+                        pipe.rpush(self.interrupted_key, previous)
+                    pipe.set(self.active_key, self._active)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def note(self, **fields) -> None:
+        """Adds facts to our `active` record (e.g. the backup id a backup tags its snapshots with),
+        so whoever settles this job after a crash touches only what this job made."""
+        if self._active is None:
+            return
+        record = {**json.loads(self._active), **fields}
+        self._active = json.dumps(record, sort_keys=True)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.active_key)
+                    current = pipe.get(self.active_key)
+                    pipe.multi()
+                    if current is None or json.loads(current).get("task_id") == self._task_id:
+                        pipe.set(self.active_key, self._active)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def interrupted(self) -> list[tuple[bytes, dict]]:
+        """(raw, record) of every job whose holder died, oldest first, until settled(raw)."""
+        out = []
+        for raw in self.redis.lrange(self.interrupted_key, 0, -1):
+            try:
+                out.append((raw, json.loads(raw)))
+            except ValueError:
+                out.append((raw, {}))
+        return out
+
+    def settled(self, raw: bytes) -> None:
+        self.redis.lrem(self.interrupted_key, 1, raw)
+
+    def _if_mine(self, action) -> bool:
+        """Runs action(pipeline) only while the lease still holds our value (WATCH/MULTI: an
+        atomic compare-and-act without Lua)."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(self.key)
+                if pipe.get(self.key) != self._value.encode():
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                action(pipe)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def _renew(self) -> bool:
+        if self._if_mine(lambda p: p.expire(self.key, self.lease)):
+            return True
+        # Redis restarted without persistence and forgot the lease: take it back (and the record
+        # naming our task, so a crash after this is still settled)
+        if not self.redis.set(self.key, self._value, nx=True, ex=self.lease):
+            return False
+        self.redis.set(self.active_key, self._active, nx=True)
+        return True
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                if not self._renew():
+                    log.error("job lease %s was taken over by another holder", self.key)
+                    self.lost.set()
+            except redis.RedisError as exc:  # Redis restarting: keep trying, the lease is long enough
+                log.warning("could not renew job lease: %s", exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._value is None:
+            return
+        for attempt in range(20):
+            try:
+                self._if_mine(lambda p: p.delete(self.key))
+                if (self.active() or {}).get("task_id") == self._task_id:
+                    self.redis.delete(self.active_key)
+                break
+            except redis.RedisError as exc:  # Redis restarting: the lease would expire anyway
+                log.warning("could not release job lease (attempt %d): %s", attempt + 1, exc)
+                time.sleep(0.5)
+        self._value = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

@@ -1,0 +1,136 @@
+"""The steps every job is made of: quiesce and resume the app, the two halves of a backup
+(dump_db, restic_backup) and what a failed backup must undo (discard).
+
+Plain functions of a Job, with no Celery in them: the backup task, the restore's safety backup
+and the reconciler all use them. `resume` never raises: the app must come back whatever failed
+before it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from worker.adapters import postgres
+from worker.adapters.kube import Kube
+from worker.adapters.process import ProcessError
+from worker.backups import layout, media
+from worker.jobs.job import Job
+
+
+def backup_tags(job: Job) -> list[str]:
+    """Tags shared by the two snapshots of one backup: how restore finds a backup's partner."""
+    return ["taiga-backup", f"backup-id={job.report['backup_id']}", f"kind={job.report.get('trigger', 'manual')}"]
+
+
+def kube_for(job: Job) -> Kube:
+    return Kube(job.settings.kube_namespace)
+
+
+def quiesce(job: Job, kube: Kube | None, names: list[str]) -> dict:
+    """Scales the deployments to 0 (after recording their counts on them) and waits for their pods."""
+    with job.step("quiesce") as entry:
+        if not names or kube is None:
+            entry["skipped"] = "no deployments configured"
+            return {}
+        recorded = kube.quiesce(names, job.settings.quiesce_timeout, job.task_id,
+                                on_progress=lambda msg: job.progress("quiesce", None, msg))
+        entry["deployments"] = recorded
+        return recorded
+
+
+def resume(job: Job, kube: Kube | None, names: list[str]) -> dict:
+    """Scales back to the recorded counts and waits for availability. Never raises: its error is
+    recorded on the job (the first error of the job still wins)."""
+    try:
+        with job.step("resume") as entry:
+            if not names or kube is None:
+                entry["skipped"] = "no deployments configured"
+                return {}
+            restored = kube.resume(names, job.settings.resume_timeout,
+                                   on_progress=lambda msg: job.progress("resume", None, msg))
+            entry["deployments"] = restored
+            return restored
+    except Exception:
+        return {}
+
+
+def dump_db(job: Job, db_size: int, dbname: str | None = None) -> dict:
+    """pg_dump streamed into `restic backup --stdin` (file name `stdin`, as the old procedure).
+    `dbname`: another database than POSTGRES_DB (a restore's kept previous state)."""
+    settings = job.settings
+    repo = layout.repository(settings, layout.DATABASE)
+    with job.step("dump_db") as entry:
+        def on_status(doc):
+            done = int(doc.get("bytes_done") or doc.get("total_bytes") or 0)
+            job.progress("dump_db", 99.0 * min(1.0, done / max(db_size, 1)), f"{done} bytes dumped")
+
+        summary = repo.backup_pipe(postgres.dump_argv(settings, dbname=dbname), postgres.client_env(settings), backup_tags(job),
+                                   on_status=on_status, timeout=settings.dump_timeout, producer_what="pg_dump")
+        entry.update(snapshot_id=summary.snapshot_id, format=settings.pg_dump_format,
+                     dump_bytes=summary.total_bytes_processed, data_added=summary.data_added)
+        return summary.as_dict()
+
+
+def restic_backup(job: Job, files_dir: str | None = None) -> dict:
+    """The media directory, backed up as `.` from inside it (the old procedure's layout), so a
+    snapshot of another directory (a restore's kept previous media) has the same paths."""
+    settings = job.settings
+    repo = layout.repository(settings, layout.FILES)
+    with job.step("restic_backup") as entry:
+        def on_status(doc):
+            pct = float(doc.get("percent_done") or 0) * 100
+            job.progress("restic_backup", pct, f"{doc.get('files_done', 0)} files, {doc.get('bytes_done', 0)} bytes")
+
+        summary = repo.backup_dir(files_dir or settings.files_dir, backup_tags(job), on_status=on_status,
+                                  timeout=settings.files_timeout, excludes=media.BACKUP_EXCLUDES)
+        entry.update(snapshot_id=summary.snapshot_id, files_new=summary.files_new,
+                     files_changed=summary.files_changed, data_added=summary.data_added)
+        return summary.as_dict()
+
+
+def new_backup_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def backup_quiesced(job: Job, db_size: int, dbname: str | None = None, files_dir: str | None = None) -> dict:
+    """dump_db and restic_backup, with the app already down; their results by repository (a
+    failed one is missing and recorded on the job). Shared with restore's safety backup, which
+    has quiesced a wider set of deployments itself. Tags come from job.report (backup_id, trigger)."""
+    work = {
+        layout.DATABASE: lambda: dump_db(job, db_size, dbname),
+        layout.FILES: lambda: restic_backup(job, files_dir),
+    }
+    if job.settings.parallel_backup:
+        return job.in_parallel(work)
+    results: dict = {}
+    for name, fn in work.items():
+        try:
+            results[name] = fn()
+        except Exception:
+            break  # recorded on the job by its step; resume still runs
+    return results
+
+
+def summarize(settings, results: dict) -> dict:
+    """The report fields describing the snapshots a backup made."""
+    return {
+        "snapshots": {name: r["snapshot_id"] for name, r in results.items()},
+        "bytes_added": {**{name: r["data_added"] for name, r in results.items()},
+                        "total": sum(r["data_added"] for r in results.values())},
+        "files": {k: results["files"][k] for k in ("files_new", "files_changed", "files_unmodified",
+                                                     "total_files_processed", "total_bytes_processed")}
+        if "files" in results else None,
+        "database": {"format": settings.pg_dump_format, "dump_bytes": results["pg-database"]["total_bytes_processed"]}
+        if "pg-database" in results else None,
+    }
+
+
+
+def discard(job: Job, snapshots: dict) -> None:
+    """A failed backup leaves no snapshot behind: half a backup must never become `latest`."""
+    for name, snapshot_id in snapshots.items():
+        try:
+            layout.repository(job.settings, name).forget(snapshot_id, timeout=job.settings.discard_timeout)
+            job.report.setdefault("discarded_snapshots", {})[name] = snapshot_id
+        except ProcessError as exc:
+            job.fail("discard", exc)

@@ -1,0 +1,115 @@
+"""Every Celery signal handler of the worker, in one place: what happens when a worker process
+starts, sets up logging, is ready, and stops.
+
+- start: the settings are validated once (a bad one stops the worker, naming the variable, rather
+  than failing at 23:10), secrets are registered with the redactor, JSON logging is put in place;
+- logging set-up: the redaction filter (and the JSON formatter) on every handler Celery adds;
+- after set-up: the Prometheus exporter;
+- ready: the reconciler is queued (right away, and once a dead holder's lease must have run out),
+  and the heartbeat that tells a dead worker's restic locks from a live one's starts;
+- stop: the heartbeat records a clean stop, so this host's locks may be cleared at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from celery import signals
+
+from worker import redact
+from worker.adapters import metrics
+from worker.adapters.redis_store import connect as redis_connect
+from worker.backups import restic_locks
+from worker.jobs import hooks, requests
+from worker.runtime import log_setup
+from worker.settings import Settings, SettingsError
+
+log = logging.getLogger("taiga_backup.worker")
+_heartbeat: dict = {}
+
+
+def _settings() -> Settings | None:
+    try:
+        return Settings.from_env()
+    except SettingsError:
+        return None  # worker_init has already refused to start, naming the variable
+
+
+@signals.celeryd_init.connect
+def _json_from_the_start(instance=None, **_):
+    log_setup.json_from_the_start(instance)
+
+
+@signals.worker_init.connect
+def _validate_settings(**_):
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        log.critical("taiga-backup: invalid setting: %s", exc)
+        raise SystemExit(f"taiga-backup: invalid setting: {exc}")
+    redact.register(*settings.secrets())
+    redact.install_log_filter()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_and_format(logger=None, **_):
+    for handler in (logger.handlers if logger else []):
+        handler.addFilter(redact.RedactingFilter())
+    log_setup.json_handlers(logger)
+
+
+@signals.celeryd_after_setup.connect
+def _serve_metrics(**_):
+    """Once the worker's logging is set up and before it connects to the broker."""
+    settings = _settings()
+    if settings is not None:
+        metrics.serve(settings, lambda: hooks.snapshot_counts(settings))
+
+
+def _queue_reconcile(app) -> None:
+    try:
+        app.send_task(requests.RECONCILE)
+    except Exception as exc:
+        log.error("could not queue the start-up reconcile: %s", exc)
+
+
+@signals.worker_ready.connect
+def _reconcile_on_start(sender=None, **_):
+    """Right away, and again once a dead holder's lease must have run out. The second is sent by
+    a timer, not with a countdown: a countdown message sits unacknowledged in the worker until
+    due, is handed out again after the visibility timeout, and if Redis restarts meanwhile
+    kombu fails to restore it and the worker stops consuming."""
+    app = sender.app
+    _queue_reconcile(app)
+    settings = _settings()
+    if settings is None:
+        return
+    timer = threading.Timer(settings.lock_lease_seconds + 2, _queue_reconcile, (app,))
+    timer.daemon = True
+    timer.start()
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender=None, **_):
+    settings = _settings()
+    if settings is None:
+        return
+    try:
+        _heartbeat["stop"] = restic_locks.start_heartbeat(lambda: redis_connect(settings))
+        _heartbeat["settings"] = settings
+    except Exception as exc:
+        log.error("could not start the worker heartbeat: %s", exc)
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(sender=None, **_):
+    if "stop" not in _heartbeat:
+        return
+    _heartbeat["stop"].set()
+    try:
+        restic_locks.heartbeat(redis_connect(_heartbeat["settings"]), socket.gethostname(), stopped=True)
+    except Exception as exc:
+        log.warning("could not record the worker's stop: %s", exc)
