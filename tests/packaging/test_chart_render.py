@@ -380,14 +380,16 @@ def dry_run_env(tmp_path_factory):
         "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
         "users": [{"name": "u", "user": {"token": "x"}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": NAMESPACE}}]}))
-    yield {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(kubeconfig.parent / "cache"),
-           "HELM_CONFIG_HOME": str(kubeconfig.parent / "helm-config"), "HELM_DATA_HOME": str(kubeconfig.parent / "data")}
+    home = kubeconfig.parent
+    yield {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_CONFIG_HOME": str(home / "helm-config"), "HELM_DATA_HOME": str(home / "data")}
     server.shutdown()
 
 
 def notes(helm, env, *extra) -> str:
     proc = subprocess.run([helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-                           "--disable-openapi-validation", *extra], capture_output=True, text=True, timeout=120, env=env)
+                           "--disable-openapi-validation", *extra],
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split("NOTES:", 1)[1]
 
