@@ -27,7 +27,7 @@ def prune_repositories(job: Job, dry_run: bool = False) -> dict:
                 repo = layout.repository(settings, name)
                 entry.update(restic_locks.make_way(settings, repo, redis_client, exclusive=True,
                                                    on_wait=lambda msg: job.progress(f"forget_{name}", None, msg)))
-                repo.forget(*ids, prune=True)
+                repo.forget(*ids, prune=True, timeout=settings.prune_timeout)
 
     job.in_parallel({name: (lambda n=name: forget(n)) for name in result["repositories"]})
     return result

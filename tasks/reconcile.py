@@ -1,9 +1,10 @@
 """`taiga_backup.reconcile`: the guarantee that the app is never left scaled down.
 
-Runs when a worker starts and every minute from beat. If no job holds the repository lease but a
-deployment still carries our quiesce annotation, the job that scaled it down is gone (SIGKILL,
-OOM, node lost): scale it back. The job itself, still marked STARTED in Redis, is marked FAILURE
-so nobody waits for it forever, and a killed backup's half-made snapshots are forgotten.
+Runs when a worker starts and every minute from beat. A deployment that still carries our quiesce
+annotation while the worker process named on it no longer answers was left down by a job that
+died (SIGKILL, OOM, node lost): scale it back. The lease alone does not tell - a Redis restart
+wipes it while the job goes on. The dead job itself, still STARTED in Redis, is marked FAILURE so
+nobody waits for it forever, and what it made is settled by its own backup id only.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from worker.adapters.redis_store import connect as redis_connect
 from worker.backups import catalog, layout
 from worker.celery_app import app
 from worker.errors import JobFailed
-from worker.jobs import requests, steps
+from worker.jobs import requests, restore_steps, steps
 from worker.jobs.job import Job, load_settings, now_iso, report_key, store_report
 from worker.jobs.lease import JobBusy, JobLock
+from worker.runtime import control
 
 log = logging.getLogger("taiga_backup.reconcile")
 
@@ -34,42 +36,73 @@ def _finished(settings, task_id: str) -> bool:
     return bool(raw) and json.loads(raw).get("state") in ("SUCCESS", "FAILURE")
 
 
-def discard_half_backup(settings, active: dict) -> Job:
-    """A killed backup cannot forget what it made, so this does: every tagged snapshot taken
-    after it got the lease (no other job could write then), as the backup would have done had it
-    failed - `latest` must never point at half a backup. Only for backups: a restore's safety
-    backup is exactly what is needed after a failed restore."""
+def settle_backup(settings, active: dict) -> tuple[Job, str]:
+    """What a killed backup made, judged by its own backup id only (recorded in its lease record):
+    a complete pair is a good backup and stays; a half one (one repository, or a media pre-pass)
+    is forgotten, as the backup would have done had it failed - `latest` must never point at half
+    a backup. Snapshots of any other job, made before or after, are never touched. Returns the
+    job that did the forgetting and a sentence for the report."""
     job = Job("backup", settings)
-    started = active.get("started")
-    if active.get("kind") != "backup" or not isinstance(started, (int, float)):
-        return job
-    for repo in layout.both(settings).values():
+    backup_id = active.get("backup_id")
+    if active.get("kind") != "backup" or not backup_id:
+        return job, "it had made no snapshot"
+    repos = layout.both(settings)
+    for repo in repos.values():
         repo.unlock_stale(timeout=settings.discard_timeout)  # the killed restic's lock, same host
-    for found in catalog.list_backups(settings):
-        if found.tagged and found.time.timestamp() >= started:
-            steps.discard(job, {name: sid for name, sid in found.snapshot_ids().items() if sid})
-    return job
+    tagged = {name: repo.snapshots(tag=catalog.ID_TAG + backup_id) for name, repo in repos.items()}
+    pair = next((b for b in catalog.pair(tagged[layout.FILES], tagged[layout.DATABASE]) if b.id == backup_id), None)
+    keep = set(pair.snapshot_ids().values()) if pair is not None and pair.complete else set()
+    for name, snaps in tagged.items():
+        for snapshot in snaps:
+            if snapshot["id"] not in keep:
+                steps.discard(job, {name: snapshot["id"]})
+    if keep:
+        return job, f"its backup {backup_id} is complete (both snapshots) and was kept"
+    return job, f"its half-made backup {backup_id} was discarded"
 
 
 def mark_interrupted(settings, active: dict) -> str | None:
-    """Marks a job whose worker died FAILURE (Celery state and our report) and discards what it
-    left half done. None when the job had in fact finished."""
+    """Marks a job whose worker died FAILURE (Celery state and our report) and settles what it
+    made. None when the job had in fact finished."""
     task_id = active.get("task_id")
     if task_id and _finished(settings, task_id):
         return None
-    message = (f"interrupted: the worker running this {active.get('kind', 'job')} on {active.get('host', '?')} "
-               f"stopped before it finished (started {active.get('since', '?')}); the app was resumed by the reconciler")
     try:
-        cleanup = discard_half_backup(settings, active)
+        cleanup, outcome = settle_backup(settings, active)
         extra = {"discarded_snapshots": cleanup.report.get("discarded_snapshots", {}), "errors": cleanup.errors}
     except Exception as exc:  # marking the job failed matters more than tidying the repository
-        extra = {"errors": [redact.redact(f"discard: {exc}")]}
+        outcome, extra = "what it made could not be settled", {"errors": [redact.redact(f"discard: {exc}")]}
+    message = (f"interrupted: the worker running this {active.get('kind', 'job')} on {active.get('host', '?')} "
+               f"stopped before it reported its end (started {active.get('since', '?')}); {outcome}; the app was "
+               f"resumed by the reconciler")
     if task_id:
         app.backend.mark_as_failure(task_id, JobFailed(message))
         store_report(settings, {"job": active.get("kind", "job"), "task_id": task_id, "state": "FAILURE",
-                                "error": message, "finished_at": now_iso(), "interrupted": True, **extra})
+                                "error": message, "finished_at": now_iso(), "interrupted": True,
+                                "backup_id": active.get("backup_id"), **extra})
     log.error("%s", message)
     return message
+
+
+def resume_abandoned(settings, kube, names: list[str]) -> dict:
+    """Resumes the deployments whose quiescing process is gone (or whose job has ended): a lease
+    missing from Redis is not proof of that - a Redis restart without persistence wipes it while
+    the job goes on. Returns what it resumed and what it left to a job still running."""
+    holders = kube.holders(names)
+    if not holders:
+        return {}
+    alive = control.live_holders(app)
+    running = {name: h["job"] for name, h in holders.items()
+               if h.get("holder") in alive and not (h.get("job") and _finished(settings, h["job"]))}
+    out = {}
+    if running:
+        out["left_to_running_job"] = running
+        log.info("reconcile: %s quiesced by a job whose worker is alive; left alone", ", ".join(sorted(running)))
+    abandoned = [name for name in names if name in holders and name not in running]
+    if abandoned:
+        out["resumed"] = kube.resume(abandoned, settings.resume_timeout)
+        log.warning("reconcile: resumed %s", out["resumed"])
+    return out
 
 
 @app.task(bind=True, name=requests.RECONCILE)
@@ -83,15 +116,17 @@ def reconcile(self, **_ignored):
     except JobBusy:
         return {"state": "skipped", "reason": "a job holds the repository"}
     try:
-        result = {"state": "ok", "resumed": {}}
+        # issue 14: an interrupted restore switch is completed or rolled back BEFORE anything is
+        # resumed (raises - and the app stays down - only when it cannot be settled)
+        settled = restore_steps.settle_before_resume(settings)
+
+        result = {"state": "ok", "resumed": {}, **({"restore": settled} if settled else {})}
         failure = None
         names = sorted(set(settings.quiesce_deployments) | set(settings.restore_quiesce_deployments))
         if names:
             try:
                 kube = steps.kube_for(Job("reconcile", settings))
-                if kube.recorded(names):
-                    result["resumed"] = kube.resume(names, settings.resume_timeout)
-                    log.warning("reconcile: resumed %s", result["resumed"])
+                result.update(resume_abandoned(settings, kube, names))
             except Exception as exc:  # still settle the interrupted jobs; fail afterwards
                 failure = exc
         for raw, active in lock.interrupted():

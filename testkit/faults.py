@@ -10,7 +10,7 @@ import time
 
 import psycopg
 
-from conftest import BACKUP_DEPLOYMENTS, NAMESPACE
+from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
 
 ANNOTATION = "taiga-backup/original-replicas"
 

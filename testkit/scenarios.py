@@ -6,12 +6,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 import time
 
 import psycopg
 
 from testkit import dataset
-from testkit.site import BACKUP_DEPLOYMENTS, RESTORE_ONLY_DEPLOYMENTS
+from testkit.site import BACKUP_DEPLOYMENTS, RESTORE_ONLY_DEPLOYMENTS, ROOT
 
 ALL_DEPLOYMENTS = {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}
 ODD_NAMES = ["with space.txt", "ünïcödé 名前.md", "-leading-dash", "quote'single\"double", "semi;colon $(x) `y`",
@@ -39,6 +41,13 @@ def run_restore(*args, **kwargs) -> dict:
 
 def snapshots(site, repo):
     return json.loads(site.restic(repo, "snapshots", "--json").stdout or b"[]")
+
+
+def cli(site, *args, timeout=180):
+    """The real CLI in its own process, as an operator runs it."""
+    env = {**os.environ, **site.env, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=str(ROOT))
 
 
 def hold_table_lock(site):

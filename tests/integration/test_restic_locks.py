@@ -7,6 +7,7 @@ their own (`unshare --uts`, we run as root), so restic sees exactly what it sees
 from __future__ import annotations
 
 import os
+import json
 import re
 import subprocess
 import sys
@@ -95,6 +96,11 @@ def test_locks_of_crashed_runs_are_cleared(repos):
         assert site.restic(repo, "list", "locks", "--no-lock").stdout == b""
 
 
+def lock_docs(site) -> list[dict]:
+    ids = site.restic("files", "list", "locks", "--no-lock").stdout.decode().split()
+    return [json.loads(site.restic("files", "cat", "lock", lock_id, "--no-lock").stdout) for lock_id in ids]
+
+
 def test_a_live_holder_is_waited_for_then_named_and_never_removed(repos, monkeypatch):
     site = repos
     alice = Holder(site, "files", "alice-laptop")
@@ -110,7 +116,8 @@ def test_a_live_holder_is_waited_for_then_named_and_never_removed(repos, monkeyp
     assert re.fullmatch(r"check_files: repository files is locked by root@alice-laptop \(pid \d+\) since "
                         r"\d{4}-\d\d-\d\d [\d:]{8} UTC; gave up after waiting \ds \(RESTIC_LOCK_WAIT\)", str(err.value))
     assert f"(pid {alice.proc.pid})" in str(err.value)
-    assert len(alice.locks()) == 2  # alice's lock, and the dead worker's: not removed while alice works
+    # the dead worker's lock went, by its id; alice's, live, is still there (no --remove-all)
+    assert [doc["hostname"] for doc in lock_docs(site)] == ["alice-laptop"]
 
     settings = site.settings()
     shared = restic_locks.make_way(settings, layout.repository(settings, "files"),
@@ -125,4 +132,26 @@ def test_a_live_holder_is_waited_for_then_named_and_never_removed(repos, monkeyp
     assert report["state"] == "SUCCESS"
     entry = report["steps"]["check_files"]
     assert entry["lock_wait_seconds"] >= 1
-    assert [r.split(" (pid")[0] for r in entry["locks_removed"]] == ["root@taiga-backup-old"]
+    assert "locks_removed" not in entry  # removed during the first attempt already
+
+
+def test_a_worker_silent_for_less_than_several_leases_keeps_its_lock(repos, monkeypatch):
+    """A pod cut off from Redis (no heartbeat for a minute) may still be pruning: its lock is
+    waited for and named, never removed; once it has been silent for several lease periods, that
+    one lock goes - and a stranger's lock beside it stays."""
+    site = repos
+    monkeypatch.setenv("RESTIC_LOCK_WAIT", "2")
+    cut_off = Holder(site, "files", "taiga-backup-cut-off")
+    stopped_worker(site, "taiga-backup-cut-off", seconds_ago=60)  # < max(90 s, 3 x JOB_LOCK_LEASE)
+    with pytest.raises(JobFailed, match=r"locked by root@taiga-backup-cut-off"):
+        check()
+    assert [doc["hostname"] for doc in lock_docs(site)] == ["taiga-backup-cut-off"]
+
+    cut_off.crash()
+    stopped_worker(site, "taiga-backup-cut-off", seconds_ago=600)
+    alice = Holder(site, "files", "alice-laptop")
+    with pytest.raises(JobFailed, match=r"locked by root@alice-laptop"):
+        check()
+    assert [doc["hostname"] for doc in lock_docs(site)] == ["alice-laptop"]
+    alice.finish()
+    assert check()["state"] == "SUCCESS"

@@ -160,3 +160,13 @@ def test_a_job_waits_briefly_behind_the_reconciler_but_not_behind_a_job():
     with pytest.raises(JobBusy):
         reconciler.acquire("reconcile", "r-2")  # a reconciler never waits behind a job
     job.release()
+
+
+def test_only_the_restore_itself_marks_a_backup_pre_restore():
+    """A pre-restore backup is hidden from `latest` and `before`: a message must not set it."""
+    from worker.errors import RequestInvalid
+    from worker.jobs import requests
+
+    with pytest.raises(RequestInvalid, match="trigger must be one of manual, schedule, chat"):
+        requests.keyword_fields(requests.BACKUP, (), {"trigger": "pre-restore"}, {})
+    assert requests.keyword_fields(requests.BACKUP, (), {"trigger": "chat"}, {}) == {"trigger": "chat"}

@@ -258,3 +258,78 @@ def test_malformed_messages_do_not_stop_an_unsigned_worker(repos, start_worker, 
         task_id = attack(worker, lambda: raw_message(celery_client, body, content_type))
         assert f"[{task_id}] received" not in worker.output()
     assert celery_client.send_task("taiga_backup.backup").get(timeout=120)["state"] == "SUCCESS"
+
+
+# -- signed requests: bound to their task, their id and their lifetime ------------------------
+
+def capture(site, pki, who: str, task: str, kwargs: dict) -> dict:
+    """A message signed by `who`, taken from the broker as anyone with broker access could: sent
+    to a queue no worker reads, then read back raw."""
+    code = ("import json, sys; from worker.celery_app import app; "
+            "app.send_task(sys.argv[1], kwargs=json.loads(sys.argv[2]), queue='captured')")
+    env = {**os.environ, **site.env, **signing_env(pki, who), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code, task, json.dumps(kwargs)], env=env, cwd=str(ROOT), check=True,
+                   capture_output=True, timeout=60)
+    broker = redis.Redis.from_url(site.env["CELERY_BROKER_URL"])
+    raw = broker.rpop("captured")
+    assert raw, "nothing was captured"
+    return json.loads(raw)
+
+
+def push(site, message: dict, task: str | None = None) -> str:
+    """Puts a captured message into the worker's queue, as it is or relabelled as `task`."""
+    message = json.loads(json.dumps(message))
+    if task:
+        message["headers"]["task"] = task
+    message["properties"]["delivery_info"] = {"exchange": "", "routing_key": "celery"}
+    message["properties"]["delivery_tag"] = str(uuid.uuid4())
+    redis.Redis.from_url(site.env["CELERY_BROKER_URL"]).lpush("celery", json.dumps(message))
+    return message["headers"]["id"]
+
+
+def refused(celery_client, task_id: str, why: str, timeout: float = 60) -> str:
+    result = celery_client.AsyncResult(task_id)
+    wait_until(lambda: result.state == "FAILURE", timeout, f"task {task_id} to be refused")
+    assert "refused" in str(result.info) and why in str(result.info), result.info
+    return str(result.info)
+
+
+@pytest.mark.slow
+def test_a_signed_message_relabelled_or_replayed_is_refused_and_changes_nothing(repos, pki, signed_worker,
+                                                                               celery_client):
+    site = repos
+    done = cli(site, signing_env(pki, "bot"), "backup", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(site.conninfo, autocommit=True) as conn:  # what a restore would undo
+        conn.execute("create table written_after_the_backup (id int)")
+    before = dataset.table_checksums(site.conninfo)
+
+    # beat's every-minute reconcile, signed by the worker's own key, pushed again as a restore
+    reconcile = capture(site, pki, "worker", "taiga_backup.reconcile", {})
+    refused(celery_client, push(site, reconcile, task="taiga_backup.restore"), "is for 'taiga_backup.reconcile'")
+    assert dataset.table_checksums(site.conninfo) == before
+
+    # a signed restore, run once as meant, then sent again later
+    restore = capture(site, pki, "bot", "taiga_backup.restore", {"trigger": "chat", "safety_backup": False})
+    task_id = push(site, restore)
+    wait_until(lambda: celery_client.AsyncResult(task_id).state == "SUCCESS", 180, "the signed restore")
+    with psycopg.connect(site.conninfo, autocommit=True) as conn:
+        conn.execute("create table written_after_the_restore (id int)")
+    after_restore = dataset.table_checksums(site.conninfo)
+    refused(celery_client, push(site, restore), "already run once")
+    assert dataset.table_checksums(site.conninfo) == after_restore
+    assert app_back(site)
+
+
+@pytest.mark.slow
+def test_the_chatops_client_signs_and_reads_the_broker_url_from_a_file(repos, pki, signed_worker, tmp_path):
+    site = repos
+    url_file = tmp_path / "broker-url"
+    url_file.write_text(site.env["CELERY_BROKER_URL"] + "\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CELERY_BROKER_URL_FILE": str(url_file),
+           **signing_env(pki, "bot")}
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "chatops_client.py"), "--timeout", "240", "backup"],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["state"] == "SUCCESS" and report["snapshots"]["pg-database"] in snapshot_ids(site, "pg-database")

@@ -11,14 +11,8 @@ import time
 import pytest
 from celery.result import AsyncResult
 
-from testkit.scenarios import hold_table_lock
+from testkit.scenarios import cli, hold_table_lock
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE, ROOT
-
-
-def cli(site, *args, timeout=180):
-    env = {**os.environ, **site.env, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(ROOT))
 
 
 @pytest.mark.slow

@@ -12,12 +12,14 @@ import os
 import time
 from typing import Callable, Iterable
 
+from worker import instance
 from worker.errors import OperatorError
 
 log = logging.getLogger(__name__)
 
 ANNOTATION = "taiga-backup/original-replicas"
 ANNOTATION_JOB = "taiga-backup/quiesced-by"
+ANNOTATION_HOLDER = "taiga-backup/quiesced-on"  # host/process id of the worker (worker.instance)
 REQUEST_TIMEOUT = (5, 30)
 RETRY_STATUSES = {409, 429, 500, 502, 503, 504}
 POLL = 0.25
@@ -101,6 +103,16 @@ class Kube:
                     log.error("deployment %s has an unreadable %s annotation %r", name, ANNOTATION, value)
         return found
 
+    def holders(self, names: Iterable[str]) -> dict[str, dict]:
+        """Who quiesced each annotated deployment: {name: {"job": task id, "holder": host/id}}."""
+        found = {}
+        for name in names:
+            dep = self._call("read_namespaced_deployment", name, name, self.namespace)
+            notes = dep.metadata.annotations or {}
+            if ANNOTATION in notes:
+                found[name] = {"job": notes.get(ANNOTATION_JOB), "holder": notes.get(ANNOTATION_HOLDER)}
+        return found
+
     def replicas(self, name: str) -> int:
         scale = self._call("read_namespaced_deployment_scale", name, name, self.namespace)
         return int(scale.spec.replicas or 0)
@@ -126,7 +138,8 @@ class Kube:
                 recorded[name] = previous
             else:
                 self._call("patch_namespaced_deployment", name, name, self.namespace,
-                           {"metadata": {"annotations": {ANNOTATION: str(current), ANNOTATION_JOB: job_id or "-"}}})
+                           {"metadata": {"annotations": {ANNOTATION: str(current), ANNOTATION_JOB: job_id or "-",
+                                                         ANNOTATION_HOLDER: instance.holder()}}})
                 recorded[name] = current
             if current != 0:
                 self._call("patch_namespaced_deployment_scale", name, name, self.namespace, {"spec": {"replicas": 0}})
@@ -160,7 +173,8 @@ class Kube:
                 self._call("patch_namespaced_deployment_scale", name, name, self.namespace,
                            {"spec": {"replicas": target}})
                 self._call("patch_namespaced_deployment", name, name, self.namespace,
-                           {"metadata": {"annotations": {ANNOTATION: None, ANNOTATION_JOB: None}}})
+                           {"metadata": {"annotations": {ANNOTATION: None, ANNOTATION_JOB: None,
+                                                         ANNOTATION_HOLDER: None}}})
                 restored[name] = target
                 log.info("resume: %s scaled back to %d", name, target)
             except KubeError as exc:

@@ -3,12 +3,13 @@
 restic calls a lock stale only after 30 minutes, or earlier on the *same* host when its process
 is gone. A pod gets a new hostname each start, so the lock of a crashed worker would block the
 next job for half an hour. Called while our job lease is held, when no other taiga-backup job can
-be using the repository: a lock from a worker host that stopped sending heartbeats is ours and
-dead, and is removed. A lock from anyone else (a person running restic, a live process) is waited
+be using the repository: a lock from a worker host that has sent no heartbeat for several lease
+periods is ours and dead, and that lock - by its id, never `unlock --remove-all` - is removed
+(a pod cut off from Redis but not from the repository would still be renewing it). A lock from anyone else (a person running restic, a live process) is waited
 for, up to RESTIC_LOCK_WAIT seconds, then the job fails naming the holder.
 
 Worker hosts are recorded in the Redis hash `taiga-backup:workers` (host -> last heartbeat, unix
-time; 0 after a clean shutdown), written by every worker (see tasks.upkeep).
+time; 0 after a clean shutdown), written by every worker (see worker.runtime.signals).
 """
 
 from __future__ import annotations
@@ -98,16 +99,19 @@ def _stale(lock: dict) -> bool:
         return False
 
 
-def _dead_worker(lock: dict, hosts: dict[str, float], now: float) -> bool:
+def _dead_worker(lock: dict, hosts: dict[str, float], now: float, silent: float) -> bool:
+    """A lock of one of our worker hosts that has sent no heartbeat for `silent` seconds (several
+    lease periods: a pod cut off from Redis but not from the repository keeps its locks fresh and
+    would be back within one)."""
     host = lock.get("hostname")
-    return host in hosts and host != socket.gethostname() and now - hosts[host] > DEAD_AFTER_SECONDS
+    return host in hosts and host != socket.gethostname() and now - hosts[host] > silent
 
 
 def make_way(settings: Settings, repo: Repository, redis_client, *, exclusive: bool,
              wait: float | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
     """Returns once `repo` can be used (exclusively or shared, as asked): removes restic's own
-    stale locks, and the locks of dead workers when nothing else holds one; waits for live
-    holders. Returns what it did, {"locks_removed": [...], "lock_wait_seconds": s}, or {}."""
+    stale locks, and, one by one, the locks of our workers that have been silent for several lease
+    periods; waits for live holders. Returns what it did, {"locks_removed": [...], "lock_wait_seconds": s}, or {}."""
     wait = settings.restic_lock_wait if wait is None else wait
     t0 = time.monotonic()
     done: dict = {}
@@ -128,17 +132,21 @@ def make_way(settings: Settings, repo: Repository, redis_client, *, exclusive: b
         if not blocking(locks):
             break
         now, hosts = time.time(), worker_hosts(redis_client)
-        alive = [x for x in locks if not _dead_worker(x, hosts, now)]
-        if not alive:  # every lock left belongs to a taiga-backup worker that is gone
-            repo.unlock_all()
-            done.setdefault("locks_removed", []).extend(describe(x) + " (worker gone)" for x in locks)
-            log.warning("%s: removed locks of stopped workers: %s", repo.name, ", ".join(map(describe, locks)))
+        silent = max(DEAD_AFTER_SECONDS, 3 * settings.lock_lease_seconds)
+        dead = [x for x in locks if _dead_worker(x, hosts, now, silent)]
+        removed = [x for x in dead if repo.remove_lock(x["id"])]
+        if removed:  # only these lock ids: a live holder's lock is never touched
+            done.setdefault("locks_removed", []).extend(describe(x) + " (worker gone)" for x in removed)
+            log.warning("%s: removed locks of stopped workers: %s", repo.name, ", ".join(map(describe, removed)))
             continue
-        holders = [x for x in alive if x in blocking(locks)] or alive
+        alive = [x for x in locks if x not in dead]
+        holders = [x for x in alive if x in blocking(locks)] or alive or dead
         waited = time.monotonic() - t0
         if waited >= wait:
+            why = ("; they belong to stopped workers and go when restic calls them stale, 30 minutes after they "
+                   "were made (one lock cannot be removed alone on this kind of repository)") if not alive else ""
             raise RepositoryLocked(f"repository {repo.name} is locked by {', '.join(map(describe, holders))}; "
-                                   f"gave up after waiting {waited:.0f}s (RESTIC_LOCK_WAIT)")
+                                   f"gave up after waiting {waited:.0f}s (RESTIC_LOCK_WAIT){why}")
         if on_wait:
             on_wait(f"repository {repo.name}: waiting for the lock of {describe(holders[0])}")
         time.sleep(min(POLL_SECONDS, max(0.1, wait - waited)))

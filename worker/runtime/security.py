@@ -12,11 +12,21 @@ chat-ops client configure themselves with the same variables.
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import time
+import uuid
+
+from celery import Task
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import prepare_accept_content
 
-from worker.settings import redis_tls, signing
+from worker.errors import RequestInvalid
+from worker.settings import broker_urls, redis_tls, signing
+
+log = logging.getLogger("taiga_backup.security")
 
 
 class GuardedConsumer(Consumer):
@@ -62,3 +72,72 @@ def configure(app, env, broker: str, backend: str) -> None:
                     security_certificate=sign["cert"], security_cert_store=sign["store"],
                     security_digest="sha256")
     app.setup_security(allowed_serializers=["json"])
+
+
+# -- signed requests bound to their task, id and lifetime ----------------------------------------
+# Celery's `auth` serializer signs the body (args, kwargs, embed) only; the task name, id and
+# expiry travel in unsigned headers. So every message our processes publish carries, inside the
+# signed kwargs, a stamp naming the task it is for, its id, a one-time nonce and an expiry; with
+# signing on, a task runs only a stamp made for it, within its lifetime, once. A captured signed
+# message relabelled as another task, or sent again, is refused before any task code runs.
+STAMP = "_request"
+NONCE_KEY = "taiga-backup:nonce:"
+_NONCE = re.compile(r"[0-9a-f]{32}")
+
+
+class RequestRefused(RequestInvalid):
+    """A signed message that is not a valid request for this task (relabelled, replayed, expired)."""
+
+
+def stamp(body, headers: dict, ttl: float) -> None:
+    """Adds the stamp to a message about to be published (before_task_publish). A re-published
+    message (a retry) gets a fresh one."""
+    kwargs = body[1] if isinstance(body, (tuple, list)) and len(body) > 1 else None
+    if isinstance(kwargs, dict) and headers and headers.get("task"):
+        kwargs[STAMP] = {"task": headers["task"], "id": headers.get("id"), "nonce": uuid.uuid4().hex,
+                         "expires": round(time.time() + ttl, 3)}
+
+
+def _refuse(task, why: str):
+    log.error("refused %s[%s]: %s", task.name, task.request.id, why)
+    raise RequestRefused(f"refused: {why}")
+
+
+def check_stamp(task, value, nonces) -> None:
+    """Raises RequestRefused unless `value` is a stamp made for this very task and message, still
+    valid, and seen for the first time (`nonces`: a Redis client remembering them until expiry)."""
+    if not isinstance(value, dict):
+        _refuse(task, "the request carries no stamp (sent by an old or foreign client?)")
+    if value.get("task") != task.name:
+        _refuse(task, f"the signed request is for {str(value.get('task'))[:80]!r}, not for {task.name}")
+    if value.get("id") != task.request.id:
+        _refuse(task, "the signed request was made for another message id")
+    expires, nonce = value.get("expires"), value.get("nonce")
+    if not isinstance(expires, (int, float)) or expires < time.time():
+        _refuse(task, "the signed request has expired")
+    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+        _refuse(task, "the signed request has no valid nonce")
+    if not nonces.set(NONCE_KEY + nonce, task.request.id or "-", nx=True, ex=max(1, int(expires - time.time()) + 60)):
+        _refuse(task, "this signed request was already run once (a replay)")
+
+
+class CheckedTask(Task):
+    """The base of every task: with message signing on, the stamp is checked before the task's
+    own code runs (and never reaches it)."""
+
+    _nonces = None
+
+    def __call__(self, *args, **kwargs):
+        value = kwargs.pop(STAMP, None)
+        if self.app.conf.task_serializer == "auth" and not self.request.called_directly:
+            check_stamp(self, value, self._nonce_store())
+        return super().__call__(*args, **kwargs)
+
+    def _nonce_store(self):
+        if CheckedTask._nonces is None:
+            import redis
+
+            _, backend = broker_urls()
+            CheckedTask._nonces = redis.Redis.from_url(backend, socket_timeout=10, socket_connect_timeout=5,
+                                                       retry_on_timeout=True, **redis_tls(os.environ, (backend,)))
+        return CheckedTask._nonces

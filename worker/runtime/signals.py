@@ -13,6 +13,7 @@ starts, sets up logging, is ready, and stops.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 
@@ -23,8 +24,8 @@ from worker.adapters import metrics
 from worker.adapters.redis_store import connect as redis_connect
 from worker.backups import restic_locks
 from worker.jobs import hooks, requests
-from worker.runtime import log_setup
-from worker.settings import Settings, SettingsError
+from worker.runtime import log_setup, security
+from worker.settings import Settings, SettingsError, read
 
 log = logging.getLogger("taiga_backup.worker")
 _heartbeat: dict = {}
@@ -35,6 +36,19 @@ def _settings() -> Settings | None:
         return Settings.from_env()
     except SettingsError:
         return None  # worker_init has already refused to start, naming the variable
+
+
+@signals.before_task_publish.connect
+def _stamp_request(body=None, headers=None, **_):
+    """Every message this process publishes (CLI, beat, a chain's next link, a retry)."""
+    security.stamp(body, headers, _request_ttl())
+
+
+def _request_ttl() -> float:
+    try:
+        return read("SIGNED_REQUEST_TTL")
+    except SettingsError:
+        return 21600.0  # the worker refuses to start anyway, naming the variable
 
 
 @signals.celeryd_init.connect
@@ -104,8 +118,35 @@ def _start_heartbeat(sender=None, **_):
         log.error("could not start the worker heartbeat: %s", exc)
 
 
+LIVENESS_SECONDS = 5.0
+
+
+@signals.worker_ready.connect
+def _start_liveness(sender=None, **_):
+    """Touches LIVENESS_FILE while this process runs (`taiga-backup alive` reads its age)."""
+    try:
+        path = read("LIVENESS_FILE")
+    except SettingsError:
+        return
+
+    def beat():
+        while not _liveness_stop.wait(0 if not os.path.exists(path) else LIVENESS_SECONDS):
+            try:
+                with open(path, "a"):
+                    os.utime(path)
+            except OSError as exc:
+                log.warning("could not touch the liveness file %s: %s", path, exc.strerror)
+                _liveness_stop.wait(LIVENESS_SECONDS)
+
+    threading.Thread(target=beat, name="liveness", daemon=True).start()
+
+
+_liveness_stop = threading.Event()
+
+
 @signals.worker_shutdown.connect
 def _stop_heartbeat(sender=None, **_):
+    _liveness_stop.set()
     if "stop" not in _heartbeat:
         return
     _heartbeat["stop"].set()
