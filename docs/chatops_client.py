@@ -44,10 +44,10 @@ def connect(broker: str, backend: str | None, signing: dict | None) -> Celery:
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                     result_accept_content=["json"])
     if signing:
-        app.conf.update(task_serializer="auth", accept_content=["auth", "json"], security_key=signing["key"],
+        app.conf.update(task_serializer="auth", accept_content=["auth"], security_key=signing["key"],
                         security_certificate=signing["cert"], security_cert_store=signing["store"],
                         security_digest="sha256")
-        app.setup_security(allowed_serializers=["json", "auth"])
+        app.setup_security(allowed_serializers=["json"])  # results stay JSON
     return app
 
 
