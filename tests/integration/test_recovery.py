@@ -1,0 +1,32 @@
+"""What the reconciler does with a dead backup's snapshots, against real restic: only snapshots
+tagged with that backup's own id are judged; a complete pair is a good backup and stays (its job
+may have died, or lost Redis, only after making it); a half pair goes."""
+
+from __future__ import annotations
+
+from tasks.reconcile import settle_backup
+from testkit.faults import snapshot_ids
+from testkit.scenarios import run_backup
+
+
+def test_a_complete_backup_of_a_dead_job_is_kept_and_a_half_one_forgotten(repos):
+    site = repos
+    complete, half, other = run_backup(), run_backup(), run_backup()
+    site.restic("pg-database", "forget", half["snapshots"]["pg-database"])  # died before its dump was saved
+    settings = site.settings()
+
+    job, outcome = settle_backup(settings, {"kind": "backup", "backup_id": complete["backup_id"]})
+    assert "complete" in outcome and not job.errors
+    assert complete["snapshots"]["files"] in snapshot_ids(site, "files")
+
+    job, outcome = settle_backup(settings, {"kind": "backup", "backup_id": half["backup_id"]})
+    assert "discarded" in outcome and not job.errors
+    assert half["snapshots"]["files"] not in snapshot_ids(site, "files")
+
+    for good in (complete, other):  # never another job's snapshots
+        assert good["snapshots"]["files"] in snapshot_ids(site, "files")
+        assert good["snapshots"]["pg-database"] in snapshot_ids(site, "pg-database")
+
+    job, outcome = settle_backup(settings, {"kind": "backup"})  # died before it had a backup id
+    assert outcome == "it had made no snapshot"
+    assert len(snapshot_ids(site, "files")) == 2
