@@ -1,24 +1,29 @@
-"""`taiga_backup.restore`: put a backup back - database and media - with the app stopped.
+"""`taiga_backup.restore`: put a backup back - database and media - with the app down only for renames.
 
-The order is chosen so that a refused or failed restore loses nothing:
-request fields checked before anything else -> validate (repositories open, database privileges,
-Kubernetes) -> choose -> stage_files (restic restore next to the live media, the app still up)
--> quiesce (every user of the database and media) -> safety_backup (the current state, tagged
-pre-restore) -> database (terminate, drop, recreate with its owner, load) -> files (swap the
-staged files in) -> resume, in a `finally`, whatever failed.
+The order is chosen so that a refused or failed restore loses nothing, and the downtime does
+not grow with the data:
+request fields checked before anything else -> validate (media directory, repositories,
+database privileges, Kubernetes) -> choose -> plan (sizes; a dry run stops here) -> settle (what
+a dead job left) -> with the app UP: load the dump into `<db>__restore_<id>` (committed only
+when whole) and stage the media beside the live ones -> quiesce -> switch (renames, journaled:
+worker.backups.switch) -> resume, in a `finally` -> with the app up again: the safety backup of
+the kept previous state, and older kept states removed. A failure before the switch removes the
+side copies and leaves the live data as it was.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
+from worker.adapters import databases
 from worker.adapters.restic import Repository, ResticError
-from worker.backups import catalog, database, layout, media, selection
+from worker.backups import catalog, database, layout, media, selection, switch
 from worker.backups.selection import SelectionError
 from worker.celery_app import app
 from worker.errors import JobFailed
-from worker.jobs import requests, steps
+from worker.jobs import requests, restore_steps, steps
 from worker.jobs.job import Job, run_job
 from worker.jobs.requests import RestoreRequest
 
@@ -45,17 +50,11 @@ def _each(repos: dict, fn) -> dict:
 
 def validate(job: Job) -> tuple:
     """Everything that can be checked without touching anything."""
-    settings = job.settings
     with job.step("validate") as entry:
-        media.check_target(settings.files_dir)
-        repos = layout.both(settings)
+        media.check_target(job.settings.files_dir)
+        repos = layout.both(job.settings)
         _each(repos, _open)
-        target = database.inspect(settings)
-        names = list(settings.restore_quiesce_deployments)
-        kube = steps.kube_for(job) if names else None
-        if kube:
-            kube.preflight(names)
-        entry.update(database_exists=target.exists, database_owner=target.owner, deployments=names)
+        target, kube, names = restore_steps.check_environment(job, entry, for_what="a restore")
     return repos, target, kube, names
 
 
@@ -81,69 +80,162 @@ def unique_backup_id(taken: set) -> str:
     return backup_id
 
 
-def safety_backup(job: Job, target: database.Target, backups: list) -> dict | None:
-    """A backup of the state about to be replaced, so a wrong restore can be undone by restoring
-    it by id. Runs while the app is already quiesced (with the restore's wider list)."""
+def unique_restore_id(settings) -> str:
+    """Restore ids are the start second: never one whose kept state still exists."""
+    taken = {k["id"] for k in switch.kept_states(settings)}
+    while (rid := switch.new_id()) in taken:
+        time.sleep(0.25)
+    return rid
+
+
+def _dump_bytes(repo: Repository, snapshot_id: str) -> int:
+    return sum(int(n.get("size") or 0) for n in repo.ls(snapshot_id) if n.get("type") == "file")
+
+
+def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target) -> dict:
+    """What the restore would do, with the sizes it needs: the dry run's answer, and the space
+    check made before anything is written."""
+    settings = job.settings
+    with job.step("plan") as entry:
+        sizes = _each({layout.FILES: repos[layout.FILES], layout.DATABASE: repos[layout.DATABASE]},
+                      lambda repo: media.snapshot_size(repo, chosen.files["id"]) if repo.name == layout.FILES
+                      else {"dump_bytes": _dump_bytes(repo, chosen.database["id"])})
+        free = media.free_bytes(settings.files_dir)
+        expires = datetime.now(timezone.utc) + timedelta(seconds=settings.restore_keep_previous)
+        found = {
+            "backup": {"backup_id": chosen.id, "time": selection.stamp(chosen.time), "kind": chosen.kind,
+                       "snapshots": chosen.snapshot_ids(), "dump_bytes": sizes[layout.DATABASE]["dump_bytes"],
+                       "files": sizes[layout.FILES]},
+            "would_keep": {
+                "database": target.name if target.exists else None,
+                "database_bytes": target.size_bytes, "files": media.tree_size(settings.files_dir),
+                "kept_as": {"database": switch.before_db(settings, "<id>") if target.exists else None,
+                            "files_dir": switch.kept_dir(settings, "<id>")},
+                "until": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "would_remove": switch.kept_states(settings),
+            "space_needed": {
+                "database_bytes": max(sizes[layout.DATABASE]["dump_bytes"], target.size_bytes),
+                "database_note": f"free on the PostgreSQL server beside {target.name} (about the dump's size plus "
+                                 "its indexes; the live database stays until the switch)",
+                "media_bytes": sizes[layout.FILES]["bytes"], "media_free_bytes": free},
+        }
+        entry.update(space_needed=found["space_needed"])
+        return found
+
+
+def safety_backup(job: Job, target: databases.Target, backups: list, rid: str) -> dict | None:
+    """A backup of the state just replaced, made from the kept previous state (the renamed
+    database and the kept media folder) with the app already up again: a wrong restore can be
+    undone by restoring it by id after the kept state has expired."""
     with job.step("safety_backup") as entry:
         if not target.exists:
-            entry["skipped"] = f"database {target.name} does not exist: nothing to protect"
+            entry["skipped"] = f"database {target.name} did not exist: nothing to protect"
             return None
         child = Job("backup", job.settings)
         child.report.update(backup_id=unique_backup_id({b.id for b in backups}), trigger=selection.PRE_RESTORE)
-        summary = steps.summarize(job.settings, steps.backup_quiesced(child, target.size_bytes))
+        summary = steps.summarize(job.settings, steps.backup_quiesced(
+            child, target.size_bytes, dbname=switch.before_db(job.settings, rid),
+            files_dir=switch.kept_dir(job.settings, rid)))
         entry["steps"] = child.report["steps"]
         if child.errors:
             steps.discard(child, summary["snapshots"])
-            raise JobFailed(child.errors[0])
+            raise JobFailed(f"the restore is done and live, but the safety backup of the previous state failed "
+                            f"({child.errors[0]}); that state is kept as restore {rid} (undo-restore) until "
+                            f"RESTORE_KEEP_PREVIOUS runs out")
         made = {"backup_id": child.report["backup_id"], "snapshots": summary["snapshots"],
                 "bytes_added": summary["bytes_added"]["total"]}
         entry.update(made)
         return made
 
 
+def _prepare(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target, rid: str, ids) -> dict:
+    """With the app up: the side database loaded and the media staged, both at once. On any
+    failure both side copies are removed; the live data were never touched."""
+    settings = job.settings
+    side = switch.side_db(settings, rid)
+
+    def load() -> dict:
+        with job.step("load_database") as entry:
+            databases.create_like(settings, target, side)
+            try:
+                fmt = database.load(settings, repos[layout.DATABASE], chosen.database["id"], side,
+                                    timeout=settings.restore_timeout, pause="load")
+            except Exception as exc:
+                if database.out_of_space(exc):
+                    raise JobFailed(f"the PostgreSQL server ran out of disk space loading the backup beside "
+                                    f"{target.name}: a restore needs about "
+                                    f"{job.report['plan']['space_needed']['database_bytes']} bytes free there "
+                                    "while the live database stays (the live data are untouched)") from None
+                raise
+            entry.update(format=fmt, side_database=side)
+            return {"format": fmt}
+
+    def stage() -> media.Staged:
+        with job.step("stage_files") as entry:
+            staged = media.stage(repos[layout.FILES], chosen.files, settings.files_dir, ids,
+                                 timeout=settings.restore_timeout, name=media.PREFIX + rid)
+            entry.update(count=staged.count, bytes=staged.bytes)
+            return staged
+
+    done = job.in_parallel({"database": load, "files": stage})
+    if len(done) < 2:
+        switch.discard(settings, rid)
+        raise JobFailed(job.errors[0] if job.errors else "preparing the restore failed")
+    return done
+
+
 def restore_backup(job: Job, request: RestoreRequest) -> dict:
     """The chain; the report is filled in as it goes, so a failure report shows how far it got."""
     settings = job.settings
     job.report.update(request=request.as_dict(), trigger=request.trigger, backup_id=None, snapshots=None,
-                      safety_backup=None, database=None, files=None, deployments={}, downtime_seconds=0.0)
+                      safety_backup=None, database=None, files=None, deployments={}, downtime_seconds=0.0,
+                      dry_run=request.dry_run)
     repos, target, kube, names = validate(job)
     chosen, backups = choose(job, request, repos)
+    job.report["plan"] = plan(job, chosen, repos, target)
+    if request.dry_run:
+        return {}
+    space = job.report["plan"]["space_needed"]
+    if space["media_bytes"] > space["media_free_bytes"]:
+        raise JobFailed(f"the media volume {settings.files_dir} has {space['media_free_bytes']} bytes free; staging "
+                        f"the backup's files beside the live ones needs {space['media_bytes']} (nothing was changed)")
+    restore_steps.settle_first(job)
     ids = media.owner(settings.restore_chown)
-    staged = None
+    rid = unique_restore_id(settings)
+    job.report["restore_id"] = rid
+    done = _prepare(job, chosen, repos, target, rid, ids)
+    staged = done["files"]
+    switched = False
     try:
-        with job.step("stage_files") as entry:
-            staged = media.stage(repos[layout.FILES], chosen.files, settings.files_dir, ids,
-                                         timeout=settings.restore_timeout)
-            entry.update(count=staged.count, bytes=staged.bytes)
-        down_since = time.monotonic()
-        try:
-            steps.quiesce(job, kube, names)
-            if request.safety_backup:
-                job.report["safety_backup"] = safety_backup(job, target, backups)
-            with job.step("database") as entry:
-                job.progress("database", 5.0, f"terminating sessions and dropping {target.name}", force=True)
-                job.report["database"] = database.replace(
-                    settings, target, repos[layout.DATABASE], chosen.database["id"],
-                    on_progress=lambda pct, msg: job.progress("database", pct, msg, force=True))
-                entry.update(job.report["database"])
-            with job.step("files") as entry:
-                warnings = media.swap(staged, ids)
-                job.report["files"] = {"count": staged.count, "bytes": staged.bytes,
-                                       "chown": settings.restore_chown if ids else None}
-                entry.update(job.report["files"], warnings=warnings)
-        finally:
-            job.report["deployments"] = steps.resume(job, kube, names)
-            job.report["downtime_seconds"] = round(time.monotonic() - down_since, 3) if names else 0.0
+        def do_switch() -> dict:
+            nonlocal switched
+            out = switch.forward(settings, rid, staged.source, target.exists, ids)
+            switched = True
+            return out
+
+        moved = restore_steps.down_for(job, kube, names, do_switch)
     finally:
-        if staged is not None:
-            staged.discard()
+        if not switched:
+            switch.discard(settings, rid)
+    job.report["database"] = {"name": target.name, "owner": target.owner, "format": done["database"]["format"],
+                              "existed": target.exists, "sessions_terminated": moved["sessions_terminated"],
+                              "previous_database": moved["previous_database"]}
+    job.report["files"] = {"count": staged.count, "bytes": staged.bytes,
+                           "chown": settings.restore_chown if ids else None, "kept_dir": moved["kept_files"]}
+    staged.discard()  # only what was skipped (our own names inside the snapshot) is left there
+    job.report["kept"] = next((k for k in switch.kept_states(settings) if k["id"] == rid), None)
+    if request.safety_backup:
+        job.report["safety_backup"] = safety_backup(job, target, backups, rid)
+    with job.step("cleanup") as entry:
+        entry["removed_kept"] = [switch.remove_kept(settings, k["id"])["id"]
+                                 for k in switch.kept_states(settings) if k["id"] != rid]
     return {}
 
 
 @app.task(bind=True, name=requests.RESTORE)
 def restore(self, *args, **kwargs):
-    """Public task (chat-ops contract): kwargs snapshot | before, safety_backup, trigger; returns
-    the JSON report (docs/chatops.md). Validation first: a refused request touches nothing, not
-    even the job lease."""
+    """Public task (chat-ops contract): kwargs snapshot | before, safety_backup, dry_run, trigger;
+    returns the JSON report (docs/chatops.md). Validation first: a refused request touches
+    nothing, not even the job lease."""
     request = requests.restore_request(args, kwargs)
     return run_job(self, "restore", lambda job: restore_backup(job, request))

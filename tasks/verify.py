@@ -36,7 +36,8 @@ def verify_latest(job: Job) -> dict:
 
     def database() -> dict:
         with job.step("database") as entry:
-            found = drill.check_database(scratch, repos[layout.DATABASE], snaps[layout.DATABASE], dbname, timeout)
+            found = drill.check_database(scratch, repos[layout.DATABASE], snaps[layout.DATABASE], dbname, timeout,
+                                         backup.id)
             entry.update(format=found["format"], tables=found["tables"], rows=found["rows"])
             return found
 

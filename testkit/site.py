@@ -79,6 +79,7 @@ class Site:
 
             dataset.create_schema(self.conninfo)
             dataset.populate(self.conninfo, str(self.media), scale=0.001, seed=next(_counter))
+        (self.media / ".taiga-backup-media").touch()  # marks it as Taiga's media (media.check_target)
 
     def settings(self, **overrides):
         from worker.settings import Settings

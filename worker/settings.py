@@ -295,6 +295,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RESTORE_QUIESCE_DEPLOYMENTS", "restore_quiesce_deployments", DEFAULT_RESTORE_QUIESCE,
             _deployments, "deployments scaled to 0 during a restore (empty: none)", blank_ok=True),
     Setting("RESTORE_CHOWN", "restore_chown", "999:999", _chown, "owner given to restored media (or off)"),
+    Setting("RESTORE_KEEP_PREVIOUS", "restore_keep_previous", "86400", _number(0),
+            "seconds a restore keeps the replaced database and media for undo-restore"),
     # -- schedule and retention ----------------------------------------------------------------
     Setting("BACKUP_SCHEDULE", None, "10 23 * * *", _schedule, "cron of the nightly backup (or off)"),
     Setting("PRUNE_SCHEDULE", None, "40 23 * * *", _schedule, "cron of retention (or off)"),
@@ -448,6 +450,7 @@ class Settings:
     quiesce_deployments: tuple
     restore_quiesce_deployments: tuple
     restore_chown: str | None
+    restore_keep_previous: float
     timezone: str
     days_to_keep: int
     keep_daily: int

@@ -9,7 +9,8 @@ import pytest
 
 from testkit.site import NAMESPACE
 from testkit.scenarios import run_backup
-from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, run_restore, state
+from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, run_restore
+from testkit.restore_checks import live_state as state
 
 from worker.errors import JobFailed, RequestInvalid
 from worker.jobs.requests import restore_request as validate_request
@@ -35,7 +36,7 @@ BAD_FIELDS = [
     ({"snapshot": "a" * 65}, NOT_VALID),
     ({"snapshot": "1234567"}, "snapshot '1234567' " + NOT_VALID),
     ({"snapshot": "latest", "force": True}, "unknown argument(s) for taiga_backup.restore: 'force' (allowed: "
-                                            "snapshot, before, safety_backup, trigger)"),
+                                            "snapshot, before, safety_backup, dry_run, trigger)"),
     ({"snapshot": "latest", "before": "2020-01-01T00:00:00Z"}, "give snapshot or before, not both"),
     ({"before": "2999-01-01T00:00:00Z"}, "before 2999-01-01T00:00:00Z is in the future"),
     ({"before": "yesterday"}, "before 'yesterday' is not an ISO-8601 time"),
@@ -110,8 +111,28 @@ def test_every_refused_restore_touches_nothing(site, monkeypatch, tmp_path):
     monkeypatch.setenv("POSTGRES_HOST", f"127.0.0.1:{site.pg.port}")
     site.pg.sql(f"alter role {site.db_user} nocreatedb")
     try:
-        refused(f'validate: role "{site.db_user}" may not create databases')
+        refused(f'validate: role "{site.db_user}" on 127.0.0.1:{site.pg.port} may not create databases: a restore '
+                f'loads the backup into a new database beside "{site.dbname}" (ALTER ROLE "{site.db_user}" CREATEDB)')
     finally:
         site.pg.sql(f"alter role {site.db_user} createdb")
+    other = f"owner_{site.dbname}"
+    site.pg.sql(f"create role {other}")
+    site.pg.sql(f"alter database {site.dbname} owner to {other}")
+    try:
+        refused(f'is not the owner of database "{site.dbname}" (owned by "{other}"): renaming it needs the owner '
+                f'(ALTER DATABASE "{site.dbname}" OWNER TO "{site.db_user}", or GRANT "{other}" TO "{site.db_user}")')
+    finally:
+        site.pg.sql(f"alter database {site.dbname} owner to {site.db_user}")
+        site.pg.sql(f"drop role {other}")
+    for files_dir in ("/", "/etc", "/usr/", "/var/lib", "/root"):
+        monkeypatch.setenv("BACKUP_FILES_DIR", files_dir)
+        refused(f"validate: BACKUP_FILES_DIR is {files_dir.rstrip('/') or '/'}, a system directory")
+    unmarked = tmp_path / "someones-home"
+    unmarked.mkdir()
+    (unmarked / "thesis.tex").write_text("years of work")
+    monkeypatch.setenv("BACKUP_FILES_DIR", str(unmarked))
+    refused(f"validate: BACKUP_FILES_DIR {unmarked} is neither a mount point nor marked as Taiga's media")
+    assert [p.name for p in unmarked.iterdir()] == ["thesis.tex"]
+    monkeypatch.setenv("BACKUP_FILES_DIR", str(site.media))
     monkeypatch.setenv("RESTORE_QUIESCE_DEPLOYMENTS", "taiga-back-deployment,taiga-nonexistent-deployment")
     refused("validate: deployments/scale/taiga-nonexistent-deployment not found in namespace taiga")

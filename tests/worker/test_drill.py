@@ -15,7 +15,7 @@ from tasks.backup import take_backup
 from tasks.verify import verify_latest
 from worker.errors import JobFailed
 from worker.jobs.job import run_job
-from worker.backups import drill
+from worker.backups import database, drill
 from worker.adapters import postgres
 from worker.adapters.redis_store import connect as redis_connect
 
@@ -73,6 +73,7 @@ COPY public.widgets (id, name) FROM stdin;
 2\ttwo\\nlines
 3\tthree
 \\.
+-- PostgreSQL database dump complete
 """
 
 
@@ -109,7 +110,7 @@ def test_verify_without_a_complete_backup_fails_clearly(repos):
 
 
 def test_dump_row_counter_follows_copy_sections():
-    rows = drill.CopyRows()
+    rows = database.PlainWatch()
     for line in (b'COPY public."Odd Name" (a) FROM stdin;\n', b"x\n", b"y\n", b"\\.\n",
                  b"COPY public.empty (a) FROM stdin;\n", b"\\.\n", b"SELECT 1;\n"):
         rows(line)

@@ -19,8 +19,9 @@ import redis
 
 from testkit import dataset
 from testkit.site import NAMESPACE, ROOT
+from testkit.restore_checks import kept_state, live_files, live_state as state, side_copies
 from testkit.scenarios import (ALL_DEPLOYMENTS, add_odd_files, change_everything, run_backup,
-                               run_restore, snapshots, state)
+                               run_restore, snapshots)
 
 from worker.errors import JobFailed
 from worker.backups import catalog, layout, media, selection
@@ -80,8 +81,9 @@ def test_custom_dumps_ids_times_and_a_missing_database(site, monkeypatch):
     site.pg.sql(f'drop database "{site.dbname}"')
     by_time = run_restore(before=between)
     assert (by_time["backup_id"], by_time["database"]["format"]) == (first["backup_id"], "custom")
-    assert by_time["request"] == {"snapshot": None, "before": between[:19] + "Z", "safety_backup": True}
-    assert by_time["safety_backup"] is None and "does not exist" in by_time["steps"]["safety_backup"]["skipped"]
+    assert by_time["request"] == {"snapshot": None, "before": between[:19] + "Z", "safety_backup": True,
+                                  "dry_run": False}
+    assert by_time["safety_backup"] is None and "did not exist" in by_time["steps"]["safety_backup"]["skipped"]
     assert state(site) == first_state
     owner = site.pg.sql(f"select pg_get_userbyid(datdba) from pg_database where datname = '{site.dbname}'")
     assert owner == [(site.db_user,)]
@@ -91,8 +93,9 @@ def test_custom_dumps_ids_times_and_a_missing_database(site, monkeypatch):
     assert state(site) == second_state
 
 
-def test_a_failed_database_load_resumes_keeps_the_files_and_the_safety_backup_undoes_it(site):
-    """The dump grants to a role that is gone by restore time: psql stops at that error."""
+def test_a_failed_database_load_leaves_the_live_state_and_the_app_alone(site):
+    """The dump grants to a role that is gone by restore time: psql stops at that error, while
+    loading beside the live database with the app up; nothing live was touched or stopped."""
     role = f"gone_{site.dbname}"
     site.pg.sql(f"create role {role}")
     site.pg.sql(f"grant select on projects_project to {role}", dbname=site.dbname)
@@ -101,66 +104,46 @@ def test_a_failed_database_load_resumes_keeps_the_files_and_the_safety_backup_un
     site.pg.sql(f"drop role {role}")
     change_everything(site)
     changed = state(site)
+    history = {n: site.kube.history(NAMESPACE, n) for n in ALL_DEPLOYMENTS}
 
     with pytest.raises(JobFailed) as err:
         run_restore()
 
-    assert str(err.value).startswith("database: psql failed") and f'role "{role}" does not exist' in str(err.value)
-    assert dataset.tree_digest(str(site.media)) == changed["files"]  # not swapped in after the failure
-    assert no_staging_left(site)
-    assert site.replicas() == ALL_DEPLOYMENTS
+    assert str(err.value).startswith("load_database: psql failed") and f'role "{role}" does not exist' in str(err.value)
+    assert state(site) == changed and dataset.tree_digest(str(site.media)) == changed["files"]
+    assert side_copies(site) == {"databases": [], "dirs": []}
+    assert {n: site.kube.history(NAMESPACE, n) for n in ALL_DEPLOYMENTS} == history  # never quiesced
     report = last_report(site, "failure")
-    assert report["steps"]["resume"]["ok"] and report["deployments"] == ALL_DEPLOYMENTS
-    safety_id = report["safety_backup"]["backup_id"]
-
-    run_restore(snapshot=safety_id, safety_backup=False)
-    assert state(site) == changed
+    assert "quiesce" not in report["steps"] and report["safety_backup"] is None
 
 
-def test_files_restore_keeps_odd_names_chowns_rolls_back_and_reads_absolute_snapshots(site, tmp_path, monkeypatch):
+def test_files_stage_keeps_odd_names_chowns_and_reads_absolute_snapshots(site, tmp_path):
     """worker.backups.media alone, with real restic: `.` snapshots restore at the target's root."""
     settings = site.settings()
     repo = layout.repository(settings, layout.FILES)
     repo.init_if_missing()
     add_odd_files(site.media)
-    (site.media / (media.PREFIX + "leftover")).mkdir()  # a killed restore's staging area
-    before = dataset.tree_digest(str(site.media))
-    summary = repo.backup_dir(str(site.media), ["t"], excludes=media.BACKUP_EXCLUDES)
-    assert not [n for n in repo.ls(summary.snapshot_id) if media.PREFIX in n["path"]]
+    (site.media / (media.PREFIX + "leftover")).mkdir()  # a killed restore's staging area: not backed up ...
+    (site.media / "sub").mkdir()
+    (site.media / "sub" / (media.PREFIX + "upload")).write_text("a user's file of that name")  # ... this is
+    before = {k: v for k, v in live_files(site.media).items() if k != media.MARKER}  # the marker stays put
+    summary = repo.backup_dir(str(site.media), ["t"], excludes=media.backup_excludes(str(site.media)))
+    listed = [n["path"] for n in repo.ls(summary.snapshot_id)]
+    assert "/" + media.PREFIX + "leftover" not in listed and "/sub/" + media.PREFIX + "upload" in listed
     snap = [s for s in repo.snapshots() if s["id"] == summary.snapshot_id][0]
     assert snap["paths"] == [str(site.media)]  # restic records the absolute path of `.` ...
-    change_everything(site)
+    os.rmdir(site.media / (media.PREFIX + "leftover"))
 
-    staged = media.stage(repo, snap, str(site.media), (1234, 2345))
+    target = tmp_path / "target"
+    target.mkdir()
+    staged = media.stage(repo, snap, str(target), (1234, 2345))
     assert staged.source == staged.staging  # ... but keeps the tree at the root: no path to strip
-    assert media.swap(staged, (1234, 2345)) == []
-    assert dataset.tree_digest(str(site.media)) == before
-    owners = {(os.lstat(os.path.join(d, n)).st_uid, os.lstat(os.path.join(d, n)).st_gid)
-              for d, dirs, files in os.walk(site.media) for n in dirs + files}
-    assert owners == {(1234, 2345)} and os.stat(site.media).st_uid == 1234
-
-    staged = media.stage(repo, snap, str(site.media), None)  # RESTORE_CHOWN=off: owners as backed up
-    media.swap(staged, None)
-    assert os.lstat(site.media / "with space.txt").st_uid == 0
-
-    # a swap failing midway puts the previous files back
-    change_everything(site)
-    changed = dataset.tree_digest(str(site.media))
-    staged = media.stage(repo, snap, str(site.media), None)
-    real_rename, calls = os.rename, []
-
-    def failing_rename(src, dst):
-        calls.append(src)
-        if str(src).startswith(staged.source) and len([c for c in calls if str(c).startswith(staged.source)]) == 3:
-            raise OSError(28, "No space left on device")
-        return real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", failing_rename)
-    with pytest.raises(OSError):
-        media.swap(staged, None)
-    monkeypatch.setattr(os, "rename", real_rename)
+    media.move_entries(staged.source, str(target))
     staged.discard()
-    assert dataset.tree_digest(str(site.media)) == changed and no_staging_left(site)
+    assert live_files(target) == before
+    owners = {(os.lstat(os.path.join(d, n)).st_uid, os.lstat(os.path.join(d, n)).st_gid)
+              for d, dirs, files in os.walk(target) for n in dirs + files if n != media.MARKER}
+    assert owners == {(1234, 2345)}
 
     # a snapshot of an absolute path (`restic backup /…/media`) keeps that path below the target
     site.restic("files", "backup", "--host", "h", str(site.media))
@@ -168,8 +151,9 @@ def test_files_restore_keeps_odd_names_chowns_rolls_back_and_reads_absolute_snap
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     staged = media.stage(repo, absolute, str(elsewhere), None)
-    media.swap(staged, None)
-    assert dataset.tree_digest(str(elsewhere)) == changed
+    media.move_entries(staged.source, str(elsewhere))
+    staged.discard()
+    assert live_files(elsewhere) == before
 
 
 def _snap(repo_id: str, when: str, tags=()) -> dict:
@@ -209,10 +193,11 @@ def test_choosing_a_backup():
 
 def chatops(site, tmp_path, *args) -> tuple[int, dict, list[dict]]:
     """docs/chatops_client.py in a clean environment and directory: nothing of ours importable."""
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, str(ROOT / "docs" / "chatops_client.py"), "--broker",
-                           site.env["CELERY_BROKER_URL"], "--timeout", "240", *args], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=300)
+    url_file = tmp_path / "broker-url"
+    url_file.write_text(site.env["CELERY_BROKER_URL"] + "\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CELERY_BROKER_URL_FILE": str(url_file)}
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "chatops_client.py"), "--timeout", "240", *args],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout), [json.loads(line) for line in done.stderr.splitlines()]
 
@@ -220,7 +205,7 @@ def chatops(site, tmp_path, *args) -> tuple[int, dict, list[dict]]:
 @pytest.mark.slow
 def test_backup_change_restore_by_a_plain_celery_client_gives_identical_bytes_and_can_be_undone(
         site, start_worker, tmp_path):
-    from test_worker import cli
+    from testkit.scenarios import cli
 
     start_worker()
     add_odd_files(site.media)
@@ -253,15 +238,17 @@ def test_backup_change_restore_by_a_plain_celery_client_gives_identical_bytes_an
     assert report["deployments"] == ALL_DEPLOYMENTS and site.replicas() == ALL_DEPLOYMENTS
     for name in ALL_DEPLOYMENTS:  # every user of the database was stopped, then came back
         assert [r for _, r in site.kube.history(NAMESPACE, name)][-2:] == [0, ALL_DEPLOYMENTS[name]]
-    assert set(report["steps"]) == {"validate", "choose", "stage_files", "quiesce", "safety_backup", "database",
-                                    "files", "resume"}
-    assert no_staging_left(site)
+    assert set(report["steps"]) == {"validate", "choose", "plan", "settle", "load_database", "stage_files", "quiesce",
+                                    "switch", "resume", "safety_backup", "cleanup"}
+    assert no_staging_left(site) and side_copies(site) == {"databases": [], "dirs": []}
+    assert kept_state(site, report["restore_id"]) == {"db": changed["db"], "files": {
+        k: v for k, v in changed["files"].items() if k != media.MARKER}}
 
     safety = report["safety_backup"]
     for repo, snapshot_id in safety["snapshots"].items():
         assert "kind=pre-restore" in kinds_of(site, repo, snapshot_id)
     site.restic("files", "restore", safety["snapshots"]["files"], "--target", str(tmp_path / "safety"))
-    assert dataset.tree_digest(str(tmp_path / "safety")) == changed["files"]  # no staging area in it
+    assert dataset.tree_digest(str(tmp_path / "safety")) == kept_state(site, report["restore_id"])["files"]
 
     code, refused, _ = chatops(site, tmp_path, "restore", "--snapshot", "../../etc/passwd")
     assert code == 1 and refused["state"] == "FAILURE" and "'../../etc/passwd' is not valid" in refused["error"]

@@ -157,6 +157,29 @@ def run(
     return Completed(what, proc.returncode, b"".join(out), b"".join(err).decode("utf-8", "replace"), timed_out)
 
 
+def _start_two(producer, consumer, producer_env, consumer_env, cwd, *, direct: bool):
+    """Producer and consumer; the consumer reads the producer directly, or (direct=False) a pipe
+    this process writes. A consumer that cannot start takes the producer down with it."""
+    p1 = _popen(producer, producer_env, cwd, subprocess.DEVNULL, subprocess.PIPE)
+    try:
+        p2 = _popen(consumer, consumer_env, cwd, p1.stdout if direct else subprocess.PIPE, subprocess.PIPE)
+    except BaseException:
+        _kill_group(p1)
+        p1.wait()
+        raise
+    return p1, p2
+
+
+def _finish_two(p1, p2, threads, deadline, first: tuple, second: tuple) -> tuple[Completed, Completed]:
+    """Waits for both (killing both at the deadline) and for their output drains."""
+    timed_out = _wait_all([p1, p2], deadline)
+    for t in threads:
+        t.join()
+    (what1, err1), (what2, out2, err2) = first, second
+    return (Completed(what1, p1.returncode, b"", b"".join(err1).decode("utf-8", "replace"), timed_out),
+            Completed(what2, p2.returncode, b"".join(out2), b"".join(err2).decode("utf-8", "replace"), timed_out))
+
+
 def pipe(
     producer: list[str],
     consumer: list[str],
@@ -174,25 +197,13 @@ def pipe(
     failure of either end means (a consumer that succeeded on a truncated stream is the
     dangerous case, so both are always reported)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    p1 = _popen(producer, producer_env, cwd, subprocess.DEVNULL, subprocess.PIPE)
-    try:
-        p2 = _popen(consumer, consumer_env, cwd, p1.stdout, subprocess.PIPE)
-    except BaseException:
-        _kill_group(p1)
-        p1.wait()
-        raise
+    p1, p2 = _start_two(producer, consumer, producer_env, consumer_env, cwd, direct=True)
     p1.stdout.close()  # only the consumer holds the read end now, so it sees EOF / the producer sees EPIPE
     err1, out2, err2 = [], [], []
     threads = [_drain(p1.stderr, err1), _drain(p2.stdout, out2, on_consumer_line, keep_stdout),
                _drain(p2.stderr, err2)]
-    timed_out = _wait_all([p1, p2], deadline)
-    for t in threads:
-        t.join()
-    r1 = Completed(producer_what or os.path.basename(producer[0]), p1.returncode, b"",
-                   b"".join(err1).decode("utf-8", "replace"), timed_out)
-    r2 = Completed(consumer_what or os.path.basename(consumer[0]), p2.returncode, b"".join(out2),
-                   b"".join(err2).decode("utf-8", "replace"), timed_out)
-    return r1, r2
+    return _finish_two(p1, p2, threads, deadline, (producer_what or os.path.basename(producer[0]), err1),
+                       (consumer_what or os.path.basename(consumer[0]), out2, err2))
 
 
 def head(argv: list[str], *, env: dict, nbytes: int, what: str | None = None,
@@ -220,3 +231,59 @@ def head(argv: list[str], *, env: dict, nbytes: int, what: str | None = None,
         proc.wait()
         drain.join()
     return data, Completed(what, proc.returncode, data, b"".join(err).decode("utf-8", "replace"))
+
+
+def relay(
+    producer: list[str],
+    consumer: list[str],
+    *,
+    producer_env: dict,
+    consumer_env: dict,
+    first: bytes = b"",
+    watch: Callable[[bytes], None] | None = None,
+    last: Callable[[bool], bytes | None] | None = None,
+    producer_what: str | None = None,
+    consumer_what: str | None = None,
+    timeout: float | None = None,
+) -> tuple[Completed, Completed]:
+    """producer | (this process) | consumer: every chunk passes through `watch`, and what ends
+    the consumer's input is decided only once the producer has exited: `last(producer_ok)`
+    returns the bytes to send after the stream (or None). Why: a loader must commit only a
+    stream that is known to be whole - psql commits at end of input whatever it has read. A
+    `watch` that raises stops the stream (the consumer sees end of input without `last`)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    p1, p2 = _start_two(producer, consumer, producer_env, consumer_env, None, direct=False)
+    err1, out2, err2, failed = [], [], [], []
+
+    def pump():
+        try:
+            p2.stdin.write(first)
+            for chunk in iter(lambda: p1.stdout.read(65536), b""):
+                if watch:
+                    watch(chunk)
+                p2.stdin.write(chunk)
+            p1.stdout.close()
+            p1.wait()
+            tail = last(p1.returncode == 0) if last else None
+            if tail:
+                p2.stdin.write(tail)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the consumer stopped (its exit status says why)
+        except Exception as exc:  # the watcher refused the stream
+            failed.append(exc)
+            _kill_group(p1)
+        finally:
+            for stream in (p1.stdout, p2.stdin):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    threads = [_drain(p1.stderr, err1), _drain(p2.stdout, out2), _drain(p2.stderr, err2),
+               threading.Thread(target=pump, daemon=True)]
+    threads[-1].start()
+    results = _finish_two(p1, p2, threads, deadline, (producer_what or os.path.basename(producer[0]), err1),
+                          (consumer_what or os.path.basename(consumer[0]), out2, err2))
+    if failed:
+        raise failed[0]
+    return results

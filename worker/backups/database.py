@@ -1,23 +1,110 @@
-"""Replacing the application database with a dump: terminate its sessions, drop it, create it
-again with the same owner and locale, load the dump (worker.backups.database picks psql or pg_restore).
+"""Loading a dump into a database, and only a whole one: the loader of the restore and the drill.
 
-Why `inspect` is separate: every privilege the replacement needs is checked while the database is
-still intact, so a restore that could not finish is refused before anything is dropped.
+Why a check of its own: a plain dump made without `pipefail` (the old procedure) can be cut
+short and still be stored as a valid snapshot, and `psql --single-transaction` commits whatever
+it has read when its input ends - tables without their indexes and constraints, a "successful"
+restore. So a plain dump is relayed through this process: psql gets `BEGIN`, the stream, and
+`COMMIT` only once the stream has ended with pg_dump's completion trailer and restic exited 0;
+anything else ends psql's input inside the open transaction, which the server rolls back. A
+custom archive is checked by pg_restore itself (it notices a truncated archive and, with
+--single-transaction --exit-on-error, commits nothing).
+
+Errors of psql and pg_restore quote the rows they choke on (`CONTEXT: COPY users_user, line 3:
+"…"`, `DETAIL: Key (email)=(…)`): e-mails, password hashes. `scrub_rows` removes those values
+before an error reaches a report, a log or a webhook.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-from psycopg import sql
-
+import os
+import re
+import signal
+import time
 from worker.adapters import postgres, process
-from worker.adapters.postgres import DatabaseError
+from worker.adapters.process import ProcessError
 from worker.adapters.restic import Repository, ResticError
+from worker.errors import OperatorError
 from worker.settings import Settings
 
 CUSTOM_MAGIC = b"PGDMP"
+TRAILER = b"-- PostgreSQL database dump complete"
+_IDENT = rb'(?:"(?:[^"]|"")*"|[^ ."]+)'
+COPY_LINE = re.compile(rb"^COPY (" + _IDENT + rb"\." + _IDENT + rb") .*FROM stdin;$")
+TEST_PAUSE = "TAIGA_BACKUP_TEST_PAUSE"  # test-only: see pause_point
+
+_WITHHELD = "<row data withheld>"
+_ROW_PATTERNS = [
+    (re.compile(r'(COPY [^\n,]+, line \d+(?:, column [^\n:]+)?): .*'), r"\1: " + _WITHHELD),
+    (re.compile(r"(DETAIL:\s+Key \([^\n)]*\))=\(.*?\)( already exists| is not present)"), r"\1=(…)\2"),
+    (re.compile(r"(DETAIL:\s+Failing row contains) .*"), r"\1 " + _WITHHELD),
+    (re.compile(r'(invalid input (?:syntax for type \w+|value for enum [^\n:]+)): ".*"'), r"\1: " + _WITHHELD),
+    (re.compile(r'(value too long for type [^\n]+|out of range[^\n]*): ".*"'), r"\1: " + _WITHHELD),
+]
+
+
+class DumpError(OperatorError):
+    """The dump cannot be loaded as a whole; the message names the backup's snapshot and why."""
+
+
+def scrub_rows(text: str) -> str:
+    """An error text without the row contents psql and pg_restore quote."""
+    for pattern, replacement in _ROW_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def pause_point(name: str) -> None:
+    """Test-only: with TAIGA_BACKUP_TEST_PAUSE=<name> the job stops here (children alive) until
+    the process is killed, so a crash test can strike at a known moment. Unset in production."""
+    if os.environ.get(TEST_PAUSE) == name:
+        print(f"taiga-backup test pause: {name} (pid {os.getpid()})", flush=True)
+        while True:
+            time.sleep(1)
+
+
+class PlainWatch:
+    """Watches a plain dump stream: rows per COPY section (the drill compares them) and whether
+    the stream ended with pg_dump's completion trailer outside any COPY data."""
+
+    def __init__(self, pause: str | None = None):
+        self.counts: dict[str, int] = {}
+        self.bytes = 0
+        self._table: str | None = None
+        self._partial = b""
+        self._last = b""  # the last line that was neither blank nor a psql meta-command
+        self._pause = pause
+
+    def __call__(self, chunk: bytes) -> None:
+        self.bytes += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+        if self._pause and self.bytes:
+            pause_point(self._pause)
+
+    def _line(self, line: bytes) -> None:
+        line = line.rstrip(b"\r")
+        if self._table is not None:
+            if line == b"\\.":
+                self._table = None
+            else:
+                self.counts[self._table] += 1
+            self._last = b""
+            return
+        if line.startswith(b"COPY "):
+            match = COPY_LINE.match(line)
+            if match:
+                self._table = match.group(1).decode("utf-8", "replace")
+                self.counts[self._table] = 0
+        if line and line != b"--" and not line.startswith(b"\\"):
+            self._last = line  # `\unrestrict` (pg_dump 17.6+) may follow the trailer
+
+    def complete(self) -> bool:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+        return self._table is None and self._last == TRAILER
 
 
 def detect_format(repo: Repository, snapshot_id: str, filename: str = "stdin") -> str:
@@ -31,100 +118,54 @@ def detect_format(repo: Repository, snapshot_id: str, filename: str = "stdin") -
     return "custom" if head == CUSTOM_MAGIC else "plain"
 
 
+def _checked(result: process.Completed) -> None:
+    if not result.ok:
+        raise ProcessError(result.what, result.returncode, scrub_rows(result.stderr), result.timed_out)
+
+
 def load(settings: Settings, repo: Repository, snapshot_id: str, dbname: str, *, timeout: float | None = None,
-         filename: str = "stdin") -> str:
-    """Streams the dump into `dbname` (which must exist and be empty). Returns the format loaded.
-    Both ends of the pipe are checked: a restic failure with a psql "success" is still a failure."""
+         filename: str = "stdin", watch: PlainWatch | None = None, pause: str | None = None) -> str:
+    """Streams the dump into `dbname` (which must exist and be empty) and commits it only when it
+    is whole. Returns the format loaded; raises DumpError for an incomplete dump, ResticError
+    when it cannot be read, ProcessError (rows scrubbed) when it does not load. `watch` (plain
+    dumps) is filled with the dump's row counts."""
     fmt = detect_format(repo, snapshot_id, filename)
-    loader = postgres.psql_argv(settings, dbname) if fmt == "plain" else postgres.pg_restore_argv(settings, dbname)
-    prod, cons = process.pipe(repo.dump_argv(snapshot_id, filename), loader, producer_env=repo.env(),
-                              consumer_env=postgres.client_env(settings), producer_what=f"restic dump ({repo.name})",
-                              consumer_what=loader[0], timeout=timeout)
+    short = snapshot_id[:8]
+    if fmt == "custom":
+        loader = postgres.pg_restore_argv(settings, dbname)
+        prod, cons = process.pipe(repo.dump_argv(snapshot_id, filename), loader, producer_env=repo.env(),
+                                  consumer_env=postgres.client_env(settings), timeout=timeout,
+                                  producer_what=f"restic dump ({repo.name})", consumer_what="pg_restore")
+        if not prod.ok and prod.returncode != -signal.SIGPIPE:
+            raise ResticError(prod.what, prod.returncode, prod.stderr, prod.timed_out)
+        _checked(cons)
+        if not prod.ok:
+            raise ResticError(prod.what, prod.returncode, prod.stderr, prod.timed_out)
+        return fmt
+    watch = watch or PlainWatch()
+    watch._pause = pause
+    verdict: dict = {}
+
+    def last(producer_ok: bool) -> bytes | None:
+        verdict["complete"] = producer_ok and watch.complete()
+        return b"COMMIT;\n" if verdict["complete"] else None
+
+    # without psql's own --single-transaction: it would COMMIT at end of input, a cut stream too
+    psql = [arg for arg in postgres.psql_argv(settings, dbname) if arg != "--single-transaction"]
+    prod, cons = process.relay(repo.dump_argv(snapshot_id, filename), psql,
+                               producer_env=repo.env(), consumer_env=postgres.client_env(settings),
+                               first=b"BEGIN;\n", watch=watch, last=last, timeout=timeout,
+                               producer_what=f"restic dump ({repo.name})", consumer_what="psql")
     if not prod.ok:
         raise ResticError(prod.what, prod.returncode, prod.stderr, prod.timed_out)
-    cons.check()
+    _checked(cons)
+    if not verdict.get("complete"):
+        raise DumpError(f"the plain dump in snapshot {short} is incomplete: it does not end with pg_dump's "
+                        f"trailer \"{TRAILER.decode()}\" (cut short when it was made, e.g. by the old procedure "
+                        f"without pipefail); nothing of it was committed")
     return fmt
 
 
-MAINTENANCE_DATABASES = ("postgres", "template1")
+def out_of_space(exc: Exception) -> bool:
+    return "No space left on device" in str(exc) or "could not extend file" in str(exc)
 
-
-@dataclass
-class Target:
-    """The database to be replaced, as it is now."""
-
-    name: str
-    exists: bool
-    owner: str
-    encoding: str | None = None
-    collate: str | None = None
-    ctype: str | None = None
-    size_bytes: int = 0
-
-
-def maintenance(settings: Settings):
-    """A connection to `postgres` (or `template1`): the application database cannot drop itself."""
-    last = None
-    for name in MAINTENANCE_DATABASES:
-        if name == settings.pg_db:
-            continue
-        try:
-            return postgres.connect(settings, name)
-        except DatabaseError as exc:
-            if "does not exist" not in str(exc):
-                raise
-            last = exc
-    raise last or DatabaseError("no maintenance database to connect to")
-
-
-def inspect(settings: Settings) -> Target:
-    """Reads the target database's owner and locale and proves POSTGRES_USER may drop and
-    recreate it. Raises DatabaseError naming the missing privilege."""
-    where, user, db = settings.pg_address, settings.pg_user, settings.pg_db
-    with maintenance(settings) as conn:
-        superuser, createdb = conn.execute(
-            "select rolsuper, rolcreatedb from pg_roles where rolname = current_user").fetchone()
-        row = conn.execute(
-            "select pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype,"
-            " pg_database_size(oid), pg_has_role(current_user, datdba, 'USAGE')"
-            " and pg_has_role(current_user, datdba, 'MEMBER') from pg_database where datname = %s",
-            (db,)).fetchone()
-    if not (superuser or createdb):
-        raise DatabaseError(f'role "{user}" may not create databases on {where}: a restore drops and recreates '
-                            f'"{db}" (ALTER ROLE "{user}" CREATEDB)')
-    if row is None:
-        return Target(db, False, user)
-    owner, encoding, collate, ctype, size, member = row
-    if not (superuser or member):
-        raise DatabaseError(f'role "{user}" may not drop database "{db}" owned by "{owner}" on {where} '
-                            f'(it must be the owner, a member of "{owner}" or a superuser)')
-    return Target(db, True, owner, encoding, collate, ctype, int(size))
-
-
-def recreate(settings: Settings, target: Target) -> int:
-    """Ends every other session on the database, drops it and creates it empty, owned as before.
-    Returns how many sessions were terminated."""
-    name = sql.Identifier(target.name)
-    with maintenance(settings) as conn:
-        killed = conn.execute(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity"
-            " where datname = %s and pid <> pg_backend_pid() and backend_type = 'client backend'"
-            " and usename = current_user", (target.name,)).fetchone()[0]
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(name))
-        options = [sql.SQL("owner {}").format(sql.Identifier(target.owner)), sql.SQL("template template0")]
-        for keyword, value in (("encoding", target.encoding), ("lc_collate", target.collate),
-                               ("lc_ctype", target.ctype)):
-            if value:
-                options.append(sql.SQL(keyword + " {}").format(sql.Literal(value)))
-        conn.execute(sql.SQL("create database {} ").format(name) + sql.SQL(" ").join(options))
-    return int(killed)
-
-
-def replace(settings: Settings, target: Target, repo: Repository, snapshot_id: str, *,
-            on_progress: Callable[[float, str], None] = lambda pct, msg: None) -> dict:
-    """recreate, then load the dump. Returns what happened, for the job report."""
-    killed = recreate(settings, target)
-    on_progress(20.0, f"database {target.name} recreated (owner {target.owner}); loading the dump")
-    fmt = load(settings, repo, snapshot_id, target.name, timeout=settings.restore_timeout)
-    return {"name": target.name, "owner": target.owner, "format": fmt, "sessions_terminated": killed,
-            "existed": target.exists}

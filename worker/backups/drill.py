@@ -14,13 +14,10 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-from psycopg import sql
-
-from worker.adapters import postgres, process
+from worker.adapters import databases, postgres, process
 from worker.adapters.restic import Repository, ResticError
 from worker.backups import catalog, database
 from worker.errors import OperatorError
@@ -29,33 +26,10 @@ from worker.settings import Settings
 SCRATCH_PREFIX = "taiga_backup_verify_"
 DIR_PREFIX = "taiga-backup-verify-"
 MAX_LISTED = 10
-_IDENT = rb'(?:"(?:[^"]|"")*"|[^ ."]+)'
-COPY_LINE = re.compile(rb"^COPY (" + _IDENT + rb"\." + _IDENT + rb") .*FROM stdin;$")
 
 
 class DrillError(OperatorError):
     """The backup did not restore as recorded; the message lists the differences."""
-
-
-class CopyRows:
-    """Counts the data rows of each COPY section of a plain SQL dump, fed line by line (COPY text
-    format escapes newlines inside values, so one line is one row)."""
-
-    def __init__(self):
-        self.counts: dict[str, int] = {}
-        self._table: str | None = None
-
-    def __call__(self, line: bytes) -> None:
-        if self._table is not None:
-            if line.rstrip(b"\r\n") == b"\\.":
-                self._table = None
-            else:
-                self.counts[self._table] += 1
-        elif line.startswith(b"COPY "):
-            match = COPY_LINE.match(line.rstrip(b"\r\n"))
-            if match:
-                self._table = match.group(1).decode("utf-8", "replace")
-                self.counts[self._table] = 0
 
 
 def scratch_settings(settings: Settings) -> Settings:
@@ -76,12 +50,10 @@ def latest_backup(settings: Settings) -> catalog.Backup:
     return complete[-1]
 
 
-def dump_row_counts(repo: Repository, snapshot_id: str, fmt: str, timeout: float | None) -> dict[str, int]:
-    """Rows per table in the dump itself, streamed (never held in memory)."""
-    rows = CopyRows()
-    if fmt == "plain":
-        repo.stream(*repo.dump_argv(snapshot_id)[1:], on_line=rows, timeout=timeout)
-        return rows.counts
+def dump_row_counts(repo: Repository, snapshot_id: str, timeout: float | None) -> dict[str, int]:
+    """Rows per table of a custom archive, streamed through `pg_restore --data-only` (a plain
+    dump is counted by the loader itself, in the same pass)."""
+    rows = database.PlainWatch()
     prod, cons = process.pipe(repo.dump_argv(snapshot_id), ["pg_restore", "--data-only", "--file=-"],
                               producer_env=repo.env(), consumer_env=process.child_env(),
                               producer_what=f"restic dump ({repo.name})", timeout=timeout,
@@ -93,18 +65,12 @@ def dump_row_counts(repo: Repository, snapshot_id: str, fmt: str, timeout: float
 
 
 def drop_scratch(settings: Settings, dbname: str | None = None) -> list[str]:
-    """Drops the given scratch database, or (None) every one an interrupted drill left behind (ours
-    only: a database with our prefix owned by someone else is not ours to drop)."""
+    """Drops the given scratch database, or (None) every one of ours an interrupted drill left
+    behind (a database with our prefix owned by someone else is not ours to drop)."""
+    if dbname is None:
+        return databases.drop_with_prefix(settings, SCRATCH_PREFIX)
     with postgres.connect(settings) as conn:
-        if dbname is None:
-            names = [r[0] for r in conn.execute(
-                "select datname from pg_database where datname like %s and datdba = (select oid from pg_roles"
-                " where rolname = current_user)", (SCRATCH_PREFIX.replace("_", r"\_") + "%",)).fetchall()]
-        else:
-            names = [dbname]
-        for name in names:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-    return names
+        return databases.drop(settings, dbname, conn=conn)
 
 
 def _differences(expected: dict, actual: dict, what: str, unit: str) -> list[str]:
@@ -126,15 +92,25 @@ def _files_on_disk(root: str) -> dict[str, int]:
     return found
 
 
-def check_database(scratch: Settings, repo: Repository, snapshot_id: str, dbname: str, timeout: float) -> dict:
-    """Loads the dump into `dbname` (created here) and compares rows per table with the dump."""
-    with postgres.connect(scratch) as conn:
-        conn.execute(sql.SQL("create database {} template template0").format(sql.Identifier(dbname)))
+def check_database(scratch: Settings, repo: Repository, snapshot_id: str, dbname: str, timeout: float,
+                   backup_id: str = "") -> dict:
+    """Loads the dump into `dbname` (created here) with the restore's own loader - so a dump the
+    restore would refuse (cut short) fails the drill too - and compares rows per table with the
+    dump."""
+    databases.create_plain(scratch, dbname)
     fmt = database.detect_format(repo, snapshot_id)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        counted = pool.submit(dump_row_counts, repo, snapshot_id, fmt, timeout)
-        database.load(scratch, repo, snapshot_id, dbname, timeout=timeout)
-        expected = counted.result()
+    try:
+        if fmt == "plain":
+            watch = database.PlainWatch()
+            database.load(scratch, repo, snapshot_id, dbname, timeout=timeout, watch=watch)
+            expected = watch.counts
+        else:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                counted = pool.submit(dump_row_counts, repo, snapshot_id, timeout)
+                database.load(scratch, repo, snapshot_id, dbname, timeout=timeout)
+                expected = counted.result()
+    except database.DumpError as exc:
+        raise DrillError(f"backup {backup_id or snapshot_id[:8]} does not restore: {exc}") from None
     actual = postgres.table_row_counts(scratch, dbname)
     diffs = _differences(expected, actual, "table", " rows")
     if diffs:

@@ -1,17 +1,24 @@
 """Putting a files snapshot back so that $BACKUP_FILES_DIR holds exactly the snapshot's files.
 
 Why staged: `restic restore` first writes into a fresh directory *inside* the media volume (same
-filesystem, so moving is a rename and costs no space or time); the live contents are swapped
-only once that restore has succeeded, and a swap that fails midway is rolled back. The old files
-are never deleted before the new ones are in place, and the volume's mount point itself stays.
-Entries are moved by name with os.rename, so odd names (spaces, quotes, unicode, a leading dash)
-never meet a shell.
+filesystem, so moving is a rename and costs no space or time), with the app still up; the live
+entries are moved into a kept folder and the staged ones in only once that restore has
+succeeded (worker.backups.switch journals those moves). The old files are never deleted before
+the new ones are in place, and the volume's mount point itself stays. Entries are moved by name
+with os.rename, so odd names (spaces, quotes, unicode, a leading dash) never meet a shell.
+
+Names of our own inside the media root: the staging area `.taiga-backup-restore-<id>` (excluded
+from backups, anchored to the root, and removed when its job is dead), the kept previous state
+`.taiga-backup-before-<id>` (backed up like any folder, removed only when it expires or at the
+next restore), the switch journal and the marker file that says "this directory is Taiga's
+media volume" when it is not a mount point.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -23,8 +30,28 @@ from worker.errors import OperatorError
 log = logging.getLogger(__name__)
 
 PREFIX = ".taiga-backup-restore-"
-# Staging areas (and a crashed restore's leftovers) must never end up in a backup.
+KEPT_PREFIX = ".taiga-backup-before-"
+JOURNAL = ".taiga-backup-switch.json"
+MARKER = ".taiga-backup-media"
+OURS = (PREFIX, KEPT_PREFIX, JOURNAL, MARKER)
+# Staging areas (and a crashed restore's leftovers) must never end up in a backup. Unanchored,
+# kept only for callers that do not pass the directory yet: prefer backup_excludes(files_dir).
 BACKUP_EXCLUDES = (PREFIX + "*",)
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt", "/proc", "/root",
+               "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/usr/local")
+_GLOB = re.compile(r"([*?\\[])")
+
+
+def backup_excludes(files_dir: str) -> tuple[str, ...]:
+    """The staging-area exclude anchored to the media root: restic 0.14 matches a pattern that
+    starts with `/` against the absolute path, also for `restic backup .` (checked against a real
+    restic), so a user's upload named like our staging area deeper down is still backed up."""
+    root = _GLOB.sub(r"\\\1", os.path.realpath(files_dir).rstrip("/"))
+    return (f"{root}/{PREFIX}*", f"{root}/{JOURNAL}")
+
+
+def is_ours(name: str) -> bool:
+    return name.startswith(OURS)
 
 
 class FilesRestoreError(OperatorError):
@@ -32,11 +59,18 @@ class FilesRestoreError(OperatorError):
 
 
 def check_target(files_dir: str) -> None:
-    """BACKUP_FILES_DIR must be a writable directory, and never the root of the file system."""
-    if os.path.realpath(files_dir) == "/":
-        raise FilesRestoreError("BACKUP_FILES_DIR is /: refusing to replace the root directory")
+    """BACKUP_FILES_DIR must be a writable directory that is Taiga's media: never a system
+    directory, and either a mount point (the media volume) or a directory carrying our marker
+    file (`touch <dir>/.taiga-backup-media`). A wrong setting must not replace someone's home."""
+    real = os.path.realpath(files_dir)
+    if real in SYSTEM_DIRS:
+        raise FilesRestoreError(f"BACKUP_FILES_DIR is {real}, a system directory: refusing to replace its contents")
     if not os.path.isdir(files_dir):
         raise FilesRestoreError(f"BACKUP_FILES_DIR {files_dir} is not a directory")
+    if not (os.path.ismount(real) or os.path.isfile(os.path.join(real, MARKER))):
+        raise FilesRestoreError(f"BACKUP_FILES_DIR {files_dir} is neither a mount point nor marked as Taiga's media "
+                                f"(create the empty file {os.path.join(files_dir, MARKER)} if it is): refusing to "
+                                "replace its contents")
     if not os.access(files_dir, os.W_OK | os.X_OK):
         raise FilesRestoreError(f"BACKUP_FILES_DIR {files_dir} is not writable by uid {os.geteuid()}")
 
@@ -63,11 +97,11 @@ class Staged:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def remove_leftovers(files_dir: str) -> list[str]:
+def remove_leftovers(files_dir: str, prefix: str = PREFIX) -> list[str]:
     """Staging areas of a restore that was killed; the repository still has their contents."""
     gone = []
-    for name in os.listdir(files_dir):
-        if name.startswith(PREFIX):
+    for name in sorted(os.listdir(files_dir)):
+        if name.startswith(prefix):
             shutil.rmtree(os.path.join(files_dir, name), ignore_errors=True)
             gone.append(name)
     return gone
@@ -101,11 +135,10 @@ def _walk(source: str, ids: tuple[int, int] | None) -> tuple[int, int]:
 
 
 def stage(repo: Repository, snapshot: dict, files_dir: str, ids: tuple[int, int] | None, *,
-          timeout: float | None = None) -> Staged:
-    """Restores the snapshot into a staging directory inside files_dir. The live files are not
-    touched; on any error the staging directory is removed again."""
-    remove_leftovers(files_dir)
-    staging = os.path.join(files_dir, PREFIX + uuid.uuid4().hex[:12])
+          timeout: float | None = None, name: str | None = None) -> Staged:
+    """Restores the snapshot into a staging directory inside files_dir (`name`, or a fresh one).
+    The live files are not touched; on any error the staging directory is removed again."""
+    staging = os.path.join(files_dir, name or PREFIX + uuid.uuid4().hex[:12])
     os.mkdir(staging, 0o700)
     try:
         repo.restore(snapshot["id"], staging, timeout=timeout)
@@ -117,43 +150,45 @@ def stage(repo: Repository, snapshot: dict, files_dir: str, ids: tuple[int, int]
         raise
 
 
-def swap(staged: Staged, ids: tuple[int, int] | None) -> list[str]:
-    """Moves the live entries aside, the staged ones in, then deletes the old ones. Returns
-    warnings (cleanup that failed after a successful swap)."""
-    root, old = staged.root, staged.staging + "-old"
-    os.mkdir(old, 0o700)
-    ours = {os.path.basename(staged.staging), os.path.basename(old)}
-    moved_out, moved_in = [], []
-    try:
-        for name in os.listdir(root):
-            if name not in ours:
-                os.rename(os.path.join(root, name), os.path.join(old, name))
-                moved_out.append(name)
-        for name in os.listdir(staged.source):
-            os.rename(os.path.join(staged.source, name), os.path.join(root, name))
-            moved_in.append(name)
-    except BaseException as exc:
-        _roll_back(root, staged.source, old, moved_in, moved_out, exc)
-        raise
-    if ids:
-        os.lchown(root, *ids)
-    warnings = []
-    for path in (old, staged.staging):
-        try:
-            shutil.rmtree(path)
-        except OSError as exc:
-            warnings.append(f"could not remove {path}: {exc.strerror}")
-    return warnings
+def move_entries(src: str, dst: str) -> list[str]:
+    """Moves every entry of src that is not one of ours into dst, by rename (same volume: no
+    data is copied). Idempotent: a crash halfway and a second call finish the move. An entry
+    already at the destination is never overwritten (os.rename would replace a file silently)."""
+    moved = []
+    for name in sorted(os.listdir(src)):
+        if is_ours(name):
+            continue
+        target = os.path.join(dst, name)
+        if os.path.lexists(target):
+            raise FilesRestoreError(f"cannot move {name!r} into {dst}: an entry of that name is already there")
+        os.rename(os.path.join(src, name), target)
+        moved.append(name)
+    return moved
 
 
-def _roll_back(root, source, old, moved_in, moved_out, cause) -> None:
-    try:
-        for name in reversed(moved_in):
-            os.rename(os.path.join(root, name), os.path.join(source, name))
-        for name in reversed(moved_out):
-            os.rename(os.path.join(old, name), os.path.join(root, name))
-        os.rmdir(old)
-    except OSError as exc:
-        raise FilesRestoreError(f"swapping in the restored files failed ({cause}) and so did putting the previous "
-                                f"files back ({exc}): they are in {old}, the restored ones in {source}") from None
-    log.error("files: swap failed (%s); the previous files are back in place", cause)
+def free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def snapshot_size(repo: Repository, snapshot_id: str) -> dict:
+    """Files, directories and bytes of a files snapshot, as restic lists it (nothing restored)."""
+    nodes = repo.ls(snapshot_id)
+    files = [n for n in nodes if n.get("type") == "file"]
+    return {"files": len(files), "dirs": len([n for n in nodes if n.get("type") == "dir"]),
+            "bytes": sum(int(n.get("size") or 0) for n in files)}
+
+
+def tree_size(root: str) -> dict:
+    """Regular files and bytes below root, our own entries at the top left out."""
+    count = size = 0
+    for name in os.listdir(root):
+        if is_ours(name):
+            continue
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            c, b = _walk(path, None)
+            count, size = count + c, size + b
+        elif os.path.isfile(path) and not os.path.islink(path):
+            count, size = count + 1, size + os.lstat(path).st_size
+    return {"files": count, "bytes": size}

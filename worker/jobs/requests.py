@@ -26,17 +26,20 @@ CHECK = PREFIX + "check"
 VERIFY = PREFIX + "verify"
 CHANGE_PASSWORD = PREFIX + "change_password"
 RECONCILE = PREFIX + "reconcile"
+UNDO_RESTORE = PREFIX + "undo_restore"
 
 # who may ask for each job; "pre-restore" is not here: only a restore marks its safety backup so
 TRIGGERS = {
     BACKUP: ("manual", "schedule", "chat"),
     RESTORE: ("manual", "chat"),
+    UNDO_RESTORE: ("manual", "chat"),
     PRUNE: ("manual", "schedule", "chat"),
     CHECK: ("manual", "schedule", "chat"),
     VERIFY: ("manual", "schedule", "chat"),
     CHANGE_PASSWORD: ("manual", "schedule", "chat"),
 }
-RESTORE_FIELDS = ("snapshot", "before", "safety_backup", "trigger")
+RESTORE_FIELDS = ("snapshot", "before", "safety_backup", "dry_run", "trigger")
+_RESTORE_ID = re.compile(r"\d{14}")
 _SUBSET = re.compile(r"(\d{1,4})/(\d{1,4})|(\d{1,3}(?:\.\d{1,2})?)%|\d{1,6}[kKmMgGtT]")
 
 
@@ -103,10 +106,12 @@ class RestoreRequest:
     before: datetime | None
     safety_backup: bool
     trigger: str
+    dry_run: bool = False
 
     def as_dict(self) -> dict:
         return {"snapshot": self.snapshot or (None if self.before else selection.LATEST),
-                "before": self.before and selection.stamp(self.before), "safety_backup": self.safety_backup}
+                "before": self.before and selection.stamp(self.before), "safety_backup": self.safety_backup,
+                "dry_run": self.dry_run}
 
 
 def restore_request(args: tuple, kwargs: dict) -> RestoreRequest:
@@ -126,4 +131,16 @@ def restore_request(args: tuple, kwargs: dict) -> RestoreRequest:
     safety = kwargs.get("safety_backup", True)
     if not isinstance(safety, bool):
         raise RequestInvalid(f"safety_backup must be true or false, got {shown(safety)}")
-    return RestoreRequest(snapshot, before, safety, trigger(RESTORE, kwargs.get("trigger", "manual")))
+    return RestoreRequest(snapshot, before, safety, trigger(RESTORE, kwargs.get("trigger", "manual")),
+                          dry_run(kwargs.get("dry_run", False)))
+
+
+def restore_id(value) -> str:
+    """The `restore_id` of undo_restore: a kept state's id (its UTC start, 14 digits)."""
+    if not isinstance(value, str) or not _RESTORE_ID.fullmatch(value):
+        raise RequestInvalid(f"restore_id must be the id of a kept restore state such as 20240131231000 "
+                             f"(taiga-backup restores), got {shown(value)}")
+    return value
+
+
+UNDO_FIELDS = {"restore_id": restore_id}

@@ -1,0 +1,77 @@
+"""What the restore and undo-restore jobs share, and the reconciler's first step.
+
+Both check the same things before touching anything, both settle what a dead job left first
+(under the job lease), and both go down only for the switch: quiesce -> switch -> resume, in a
+`finally`, with the downtime measured around exactly that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from worker.adapters import databases
+from worker.backups import media, switch
+from worker.errors import JobFailed
+from worker.jobs import steps
+from worker.jobs.job import Job
+from worker.settings import Settings
+
+log = logging.getLogger("taiga_backup.restore")
+
+
+def check_environment(job: Job, entry: dict, *, for_what: str) -> tuple:
+    """The media directory, the names, the database privileges and Kubernetes: everything that
+    can be checked without changing anything. Returns (target database, kube, deployment names)."""
+    settings = job.settings
+    media.check_target(settings.files_dir)
+    switch.check_names(settings)
+    target = databases.inspect(settings, for_what=for_what)
+    names = list(settings.restore_quiesce_deployments)
+    kube = steps.kube_for(job) if names else None
+    if kube:
+        kube.preflight(names)
+    entry.update(database_exists=target.exists, database_owner=target.owner, deployments=names)
+    return target, kube, names
+
+
+def settle_first(job: Job) -> None:
+    """An interrupted switch, dead jobs' side copies, expired kept states: before a new switch."""
+    with job.step("settle") as entry:
+        done = switch.settle(job.settings, media.owner(job.settings.restore_chown))
+        entry.update(done)
+        if done:
+            job.report["settled"] = done
+
+
+def down_for(job: Job, kube, names: list[str], what, *, step: str = "switch") -> dict:
+    """quiesce -> what() in its own step -> resume (whatever failed). Records downtime_seconds."""
+    down_since = time.monotonic()
+    try:
+        steps.quiesce(job, kube, names)
+        with job.step(step) as entry:
+            done = what()
+            entry.update(done)
+            return done
+    finally:
+        job.report["deployments"] = steps.resume(job, kube, names)
+        job.report["downtime_seconds"] = round(time.monotonic() - down_since, 3) if names else 0.0
+
+
+def settle_before_resume(settings: Settings) -> dict:
+    """The reconciler's first step, before it scales anything back up: an interrupted switch is
+    completed or rolled back so the app never starts on a mix. Raises (and the app stays down,
+    the reconciler tries again) only when such a switch cannot be settled; the other cleanup is
+    best effort."""
+    try:
+        if switch.read_journal(settings) is not None:
+            done = switch.settle(settings, media.owner(settings.restore_chown))
+            log.warning("reconcile: settled an interrupted restore switch: %s", done.get("switch"))
+            return done
+    except Exception as exc:
+        raise JobFailed(f"an interrupted restore switch could not be settled, so the app stays down: {exc}") from None
+    try:
+        return switch.settle(settings)
+    except Exception as exc:  # a dead job's leftovers can wait for the next run
+        log.warning("reconcile: could not remove restore leftovers: %s", exc)
+        return {}
