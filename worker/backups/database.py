@@ -156,9 +156,12 @@ def load(settings: Settings, repo: Repository, snapshot_id: str, dbname: str, *,
                                producer_env=repo.env(), consumer_env=postgres.client_env(settings),
                                first=b"BEGIN;\n", watch=watch, last=last, timeout=timeout,
                                producer_what=f"restic dump ({repo.name})", consumer_what="psql")
+    if not prod.ok and prod.returncode != -signal.SIGPIPE:
+        raise ResticError(prod.what, prod.returncode, prod.stderr, prod.timed_out)
+    if verdict.get("complete", True):  # psql's own error comes first, unless the whole stream was read and cut
+        _checked(cons)
     if not prod.ok:
         raise ResticError(prod.what, prod.returncode, prod.stderr, prod.timed_out)
-    _checked(cons)
     if not verdict.get("complete"):
         raise DumpError(f"the plain dump in snapshot {short} is incomplete: it does not end with pg_dump's "
                         f"trailer \"{TRAILER.decode()}\" (cut short when it was made, e.g. by the old procedure "
