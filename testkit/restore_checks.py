@@ -19,7 +19,9 @@ STAGING_PREFIX = ".taiga-backup-restore-"
 
 
 def live_files(media) -> dict:
-    return {k: v for k, v in dataset.tree_digest(str(media)).items() if not k.startswith(KEPT_PREFIX)}
+    """What the app serves: the media root without the restore's kept and staging folders."""
+    return {k: v for k, v in dataset.tree_digest(str(media)).items()
+            if not k.startswith((KEPT_PREFIX, STAGING_PREFIX))}
 
 
 def live_state(site) -> dict:

@@ -1,0 +1,97 @@
+"""A worker SIGKILLed (with psql and restic) during a restore's load and during its switch: the next
+worker comes back on one whole state - the previous one or the restored one, never a mix - before
+the reconciler resumes the app. Real worker processes, Redis, PostgreSQL, restic.
+
+The moment is chosen with the test-only pause point TAIGA_BACKUP_TEST_PAUSE (worker.backups.database
+.pause_point): the job stops there, its children alive, and says so in the worker's log."""
+
+from __future__ import annotations
+
+import pytest
+from celery.result import AsyncResult
+
+from testkit.faults import wait_until
+from testkit.restore_checks import kept_state, live_state, side_copies
+from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, change_everything, run_backup
+from testkit.site import NAMESPACE, descendants
+
+LEASE = 5
+
+
+def paused(worker, name: str) -> bool:
+    return f"taiga-backup test pause: {name}" in worker.output()
+
+
+def children(worker) -> list[str]:
+    names = []
+    for pid in descendants(worker.proc.pid):
+        try:
+            names.append(open(f"/proc/{pid}/comm").read().strip())
+        except OSError:
+            pass
+    return names
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_load_leaves_the_live_state_and_the_app_up(repos, start_worker, celery_client):
+    site = repos
+    run_backup()
+    change_everything(site)
+    changed = live_state(site)
+    history = {n: site.kube.history(NAMESPACE, n) for n in ALL_DEPLOYMENTS}
+    first = start_worker(JOB_LOCK_LEASE=LEASE, TAIGA_BACKUP_TEST_PAUSE="load")
+    task = celery_client.send_task("taiga_backup.restore", kwargs={"safety_backup": False})
+    wait_until(lambda: paused(first, "load"), 120, "the restore paused while loading")
+    assert {"psql", "restic"} <= set(children(first))
+    assert side_copies(site)["databases"]  # the load goes into the side database, beside the live one
+    first.kill()
+
+    assert live_state(site) == changed and site.replicas() == ALL_DEPLOYMENTS
+    start_worker(JOB_LOCK_LEASE=LEASE)
+    wait_until(lambda: side_copies(site) == {"databases": [], "dirs": []}, 90, "the dead load's side copies removed")
+    wait_until(lambda: AsyncResult(task.id, app=celery_client).state == "FAILURE", 60, "the restore marked FAILURE")
+    assert live_state(site) == changed
+    assert {n: site.kube.history(NAMESPACE, n) for n in ALL_DEPLOYMENTS} == history  # never stopped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pause,outcome", [("switch", "restored"), ("undo", "previous")])
+def test_sigkill_during_the_switch_comes_back_on_one_whole_state(repos, start_worker, celery_client, pause, outcome):
+    """Killed halfway through the media moves - the database already renamed, the live entries in
+    the kept folder, the root empty - the next worker finishes the switch the database says
+    happened. For `undo`, halfway back: the restored entries half out."""
+    site = repos
+    add_odd_files(site.media)
+    backed_up = live_state(site)
+    run_backup()
+    change_everything(site)
+    changed = live_state(site)
+    env = {"JOB_LOCK_LEASE": LEASE, "TAIGA_BACKUP_TEST_PAUSE": pause}
+    if pause == "undo":
+        first = start_worker(JOB_LOCK_LEASE=LEASE)
+        report = celery_client.send_task("taiga_backup.restore", kwargs={"safety_backup": False}).get(timeout=240)
+        assert live_state(site) == backed_up
+        first.stop()
+        first = start_worker(**env)
+        task = celery_client.send_task("taiga_backup.undo_restore")
+    else:
+        first = start_worker(**env)
+        task = celery_client.send_task("taiga_backup.restore", kwargs={"safety_backup": False})
+    wait_until(lambda: paused(first, pause), 240, f"the job paused in the {pause}")
+    assert all(site.kube.replicas(NAMESPACE, n) == 0 for n in ALL_DEPLOYMENTS)  # down for the switch only
+    first.kill()
+    assert live_state(site) not in (backed_up, changed)  # a mix on disk right now: what must never be served
+
+    start_worker(JOB_LOCK_LEASE=LEASE)
+    wait_until(lambda: site.replicas() == ALL_DEPLOYMENTS, 90, "the app resumed by the reconciler")
+    expected = backed_up if outcome == "restored" else changed
+    assert live_state(site) == expected
+    assert not (site.media / ".taiga-backup-switch.json").exists()
+    assert side_copies(site) == {"databases": [], "dirs": []}
+    if outcome == "restored":
+        rid = [n for n in (r[0] for r in site.pg.sql("select datname from pg_database"))
+               if n.startswith(site.dbname + "__before_")][0].rsplit("_", 1)[1]
+        assert kept_state(site, rid)["db"] == changed["db"]  # the previous state kept, for undo
+    else:
+        assert report["restore_id"]
+    wait_until(lambda: AsyncResult(task.id, app=celery_client).state == "FAILURE", 60, "the job marked FAILURE")
