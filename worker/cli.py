@@ -23,7 +23,9 @@ JOBS = {
     "backup": (requests.BACKUP, lambda a: {"trigger": "manual"}),
     "restore": (requests.RESTORE, lambda a: {
         k: v for k, v in {"snapshot": a.snapshot, "before": a.before,
-                          "safety_backup": False if a.no_safety_backup else None}.items() if v is not None}),
+                          "safety_backup": False if a.no_safety_backup else None,
+                          "dry_run": True if a.dry_run else None}.items() if v is not None}),
+    "undo-restore": (requests.UNDO_RESTORE, lambda a: {"restore_id": a.restore_id} if a.restore_id else {}),
     "change-password": (requests.CHANGE_PASSWORD, lambda a: {}),
     "prune": (requests.PRUNE, lambda a: {"dry_run": True} if a.dry_run else {}),
     "check": (requests.CHECK, lambda a: {"read_data_subset": a.read_data_subset} if a.read_data_subset else {}),
@@ -156,9 +158,29 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def print_kept(settings, as_json: bool) -> int:
+    """The restores' kept previous states: what undo-restore can go back to, and until when."""
+    from worker.backups.switch import kept_states
+
+    kept = kept_states(settings)
+    if as_json:
+        print(json.dumps(kept, sort_keys=True))
+        return EXIT_OK
+    if not kept:
+        print("no kept previous state (undo-restore has nothing to go back to)")
+        return EXIT_OK
+    print(f"{'RESTORE ID':<16} {'KEPT SINCE (UTC)':<21} {'EXPIRES (UTC)':<21} DATABASE / FILES")
+    for k in kept:
+        print(f"{k['id']:<16} {k['kept_since']:<21} {k['expires_at']:<21} {k['database'] or '-'} / "
+              f"{k['files_dir'] or '-'}")
+    return EXIT_OK
+
+
 def cmd_snapshots(args) -> int:
     from worker.backups.catalog import list_backups
 
+    if args.kept:
+        return print_kept(_settings(), args.json)
     backups = [b.as_dict() for b in list_backups(_settings())]
     if args.json:
         print(json.dumps(backups, sort_keys=True))
@@ -221,10 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     job("backup", "back up the database and media now")
-    r = job("restore", "restore a backup (drops and reloads the database, replaces the media)")
+    r = job("restore", "restore a backup (loaded beside the live data, switched in by renames; the previous "
+                       "state is kept for undo-restore)")
     r.add_argument("--snapshot", default=None, help="latest (default), a backup id, or a restic snapshot id")
     r.add_argument("--before", default=None, help="the newest backup at or before this ISO time")
     r.add_argument("--no-safety-backup", action="store_true", help="skip the pre-restore backup of the current state")
+    r.add_argument("--dry-run", action="store_true", help="say which backup, its sizes and what would be kept; "
+                                                          "change nothing")
+    u = job("undo-restore", "switch back to the state the last restore replaced, while it is kept")
+    u.add_argument("--restore-id", default=None, help="a kept state's id (snapshots --kept); default: the newest")
     job("change-password", "move both repositories to RESTIC_NEW_PASSWORD_FILE")
     p = job("prune", "apply the retention policy to both repositories")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
@@ -240,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("snapshots", help="list backups (pairs of files + database snapshots)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--kept", action="store_true", help="list the restores' kept previous states instead")
     s.set_defaults(func=cmd_snapshots)
 
     s = sub.add_parser("init", help="create both repositories if they do not exist")

@@ -6,6 +6,7 @@ exact previous state; kept states go when they expire or at the next restore."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -153,7 +154,7 @@ def test_dry_run_touches_nothing_and_undo_restore_brings_back_the_exact_previous
         run_undo(restore_id="../x")
 
 
-def test_kept_states_go_at_the_next_restore_or_when_they_expire(repos, monkeypatch):
+def test_kept_states_go_at_the_next_restore_or_when_they_expire(repos, capsys):
     site = repos
     run_backup()
     first = run_restore(safety_backup=False)["restore_id"]
@@ -165,6 +166,11 @@ def test_kept_states_go_at_the_next_restore_or_when_they_expire(repos, monkeypat
     rid = second["restore_id"]
 
     from worker.backups import switch
+    from worker.cli import main
+
+    assert main(["snapshots", "--kept", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(k["id"], k["database"]) for k in listed] == [(rid, f"{site.dbname}__before_{rid}")]
     assert switch.expire(site.settings()) == []  # never before its time
     assert [k["id"] for k in switch.kept_states(site.settings())] == [rid]
     assert switch.expire(site.settings(RESTORE_KEEP_PREVIOUS="0")) == [rid]
