@@ -97,9 +97,10 @@ def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target
     check made before anything is written."""
     settings = job.settings
     with job.step("plan") as entry:
-        sizes = _each({layout.FILES: repos[layout.FILES], layout.DATABASE: repos[layout.DATABASE]},
-                      lambda repo: media.snapshot_size(repo, chosen.files["id"]) if repo.name == layout.FILES
-                      else {"dump_bytes": _dump_bytes(repo, chosen.database["id"])})
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-plan") as pool:
+            files = pool.submit(media.snapshot_size, repos[layout.FILES], chosen.files["id"])
+            dump = pool.submit(_dump_bytes, repos[layout.DATABASE], chosen.database["id"])
+            sizes = {layout.FILES: files.result(), layout.DATABASE: {"dump_bytes": dump.result()}}
         free = media.free_bytes(settings.files_dir)
         expires = datetime.now(timezone.utc) + timedelta(seconds=settings.restore_keep_previous)
         found = {

@@ -72,7 +72,7 @@ class PlainWatch:
         self._table: str | None = None
         self._partial = b""
         self._last = b""  # the last line that was neither blank nor a psql meta-command
-        self._pause = pause
+        self.pause = pause
 
     def __call__(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
@@ -80,8 +80,8 @@ class PlainWatch:
         self._partial = lines.pop()
         for line in lines:
             self._line(line)
-        if self._pause and self.bytes:
-            pause_point(self._pause)
+        if self.pause and self.bytes:
+            pause_point(self.pause)
 
     def _line(self, line: bytes) -> None:
         line = line.rstrip(b"\r")
@@ -143,7 +143,7 @@ def load(settings: Settings, repo: Repository, snapshot_id: str, dbname: str, *,
             raise ResticError(prod.what, prod.returncode, prod.stderr, prod.timed_out)
         return fmt
     watch = watch or PlainWatch()
-    watch._pause = pause
+    watch.pause = pause
     verdict: dict = {}
 
     def last(producer_ok: bool) -> bytes | None:

@@ -69,7 +69,8 @@ def kept_dir(settings: Settings, rid: str) -> str:
 
 def check_names(settings: Settings) -> None:
     """Side and kept database names must fit PostgreSQL's 63 bytes, or they would be cut."""
-    databases.check_name(before_db(settings, new_id()))
+    for name in (side_db(settings, new_id()), before_db(settings, new_id())):
+        databases.check_name(name)
 
 
 # -- the journal ----------------------------------------------------------------------------------
