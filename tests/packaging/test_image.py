@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from testkit import dataset
+from testkit.restore_checks import kept_state, live_state, side_copies
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +121,8 @@ def containers(podman, image, repos, tmp_path):
 
 
 def state(site) -> dict:
-    return {"db": dataset.table_checksums(site.conninfo), "files": dataset.tree_digest(str(site.media))}
+    """What the app sees (the media root without the restore's kept previous state)."""
+    return live_state(site)
 
 
 def result_of(proc) -> dict:
@@ -157,12 +159,18 @@ def test_round_trip_through_the_image(containers, podman, site):
     (site.media / "odd name ü.txt").write_bytes(b"changed")
     (site.media / "added after the backup").write_bytes(b"x")
     chown_tree(site.media)  # as Taiga (uid 999) would have written them
-    assert state(site) != before
+    changed = state(site)
+    assert changed != before
 
     restore = result_of(containers.run("restore", "--wait", "--json", "--no-safety-backup"))
     assert restore["state"] == "SUCCESS", restore
     assert restore["backup_id"] == backup["backup_id"]
     assert state(site) == before
+    assert side_copies(site) == {"databases": [], "dirs": []}
+    # the state it replaced is kept for undo-restore, byte for byte
+    marker = ".taiga-backup-media"  # worker.backups.media.MARKER: stays in the media root
+    assert kept_state(site, restore["restore_id"]) == {
+        "db": changed["db"], "files": {k: v for k, v in changed["files"].items() if k != marker}}
     assert site.replicas() == replicas
     # restored files belong to the image's user (RESTORE_CHOWN=999:999 needs no privilege as 999)
     owners = {(os.lstat(os.path.join(top, n)).st_uid, os.lstat(os.path.join(top, n)).st_gid)
