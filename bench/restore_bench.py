@@ -4,9 +4,10 @@
 
 Per scale, one throwaway PostgreSQL, Redis and Kubernetes API double (pods take 1 s to start and
 to stop, as in bench/run.py); a Taiga-like dataset (testkit.dataset); one taiga-backup backup;
-a day of changes. Then, alternately: the old procedure's restore (the operator scales the restore
-deployments down, runs the seed's commands, scales back up), and taiga-backup's restore followed
-by undo-restore (each put back to the changed state by the next). Downtime (both) is taken from
+a day of changes. Then, in turn: the old procedure's restore (the operator scales the restore
+deployments down, runs the seed's commands, scales back up); taiga-backup's restore followed by
+undo-restore; the same restore without its safety backup (the old procedure makes none), undone
+again. Downtime (both) is taken from
 the API double's replica history: first scale to 0 -> last return to the original count. Every
 restore is checked: same rows, same bytes as the backup.
 """
@@ -88,6 +89,11 @@ def measure(scale: float, repeat: int, work: Path) -> dict:
             undone = run_job(None, "undo_restore", lambda job: undo(job, None))
             back = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, ALL, since),
                     "job_downtime_s": undone["downtime_seconds"], "verified": live(site) == changed}
+            t0 = time.monotonic()
+            bare = run_restore(safety_backup=False)  # the same restore without its safety backup
+            new["wall_without_safety_s"] = round(time.monotonic() - t0, 3)
+            new["verified"] = new["verified"] and live(site) == backed_up and bare["downtime_seconds"] > 0
+            run_job(None, "undo_restore", lambda job: undo(job, None))
             runs.append({"old": old, "restore": new, "undo": back})
         return {"scale": scale, "dataset": {"database_bytes": stats.get("db_bytes") if isinstance(stats, dict) else None,
                                             "media_files": len(changed["files"])}, "runs": runs}
@@ -98,13 +104,15 @@ def measure(scale: float, repeat: int, work: Path) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| scale | old restore wall | old downtime | restore wall | ratio | restore downtime | ratio | "
-             "undo downtime | all verified |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scale | old restore wall | old downtime | restore wall (with safety backup) | ratio | "
+             "restore wall without safety backup | ratio | restore downtime | ratio to old restore | undo downtime | "
+             "all verified |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         for run in res["runs"]:
             old, new, back = run["old"], run["restore"], run["undo"]
             lines.append(f"| {res['scale']} | {old['wall_s']:.1f} s | {old['downtime_s']:.1f} s | {new['wall_s']:.1f} s | "
-                         f"{new['wall_s'] / old['wall_s']:.2f}× | {new['downtime_s']:.1f} s | "
+                         f"{new['wall_s'] / old['wall_s']:.2f}× | {new['wall_without_safety_s']:.1f} s | "
+                         f"{new['wall_without_safety_s'] / old['wall_s']:.2f}× | {new['downtime_s']:.1f} s | "
                          f"{new['downtime_s'] / old['wall_s']:.2f}× | {back['downtime_s']:.1f} s | "
                          f"{'yes' if old['verified'] and new['verified'] and back['verified'] else 'NO'} |")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ While a restore's kept previous state exists (RESTORE_KEEP_PREVIOUS, or until th
 the switch is walked backwards: the restored database and media go to side names and are then
 removed, the kept ones become live again. Afterwards the restore's pre-restore safety backup is
 the way back. The order: request checked -> validate -> settle (what a dead job left) -> choose
-the kept state -> quiesce -> switch back -> resume, in a `finally`.
+the kept state -> quiesce -> switch back -> resume, in a `finally` -> remove the undone state.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def undo(job: Job, restore_id: str | None) -> dict:
         entry["restore_id"] = chosen
     ids = media.owner(settings.restore_chown)
     job.report["switch"] = restore_steps.down_for(job, kube, names, lambda: switch.back(settings, chosen, ids))
+    with job.step("cleanup") as entry:  # with the app up again
+        switch.discard(settings, chosen)
+        entry["removed"] = job.report["switch"]["undone"]
     return {}
 
 

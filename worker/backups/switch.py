@@ -211,8 +211,9 @@ def _roll_back(settings: Settings, doc: dict, cause: Exception) -> None:
 
 
 def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
-    """undo-restore: the live state goes back to side names (and is then removed), the kept state
-    becomes live again."""
+    """undo-restore: the live state goes back to side names, the kept state becomes live again.
+    The caller removes the undone state (discard) once the app is back: dropping a database and
+    deleting its files take time in proportion to the data, and must not be downtime."""
     if read_journal(settings) is not None:
         raise SwitchError("an earlier switch is unfinished (its journal is there): it is settled first")
     db, side, before = settings.pg_db, side_db(settings, rid), before_db(settings, rid)
@@ -232,8 +233,7 @@ def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
         raise
     _media_to(settings, doc, "old", ids)
     _remove_journal(settings)
-    discard(settings, rid)
-    return {"sessions_terminated": killed, "removed": {"database": side, "files": staging_dir(settings, rid)}}
+    return {"sessions_terminated": killed, "undone": {"database": side, "files": staging_dir(settings, rid)}}
 
 
 def discard(settings: Settings, rid: str) -> None:
