@@ -147,6 +147,9 @@ def test_round_trip_through_the_image(containers, podman, site):
     # name) the same command finds no worker of its own.
     other = containers.run("ping", "--self-only", "--timeout", "2", timeout=60)
     assert other.returncode != 0 and "no worker answered" in other.stderr
+    # the chart's liveness probe: the heartbeat file, on the read-only image's writable /tmp
+    alive = podman("exec", worker, "taiga-backup", "alive", check=False)
+    assert alive.returncode == 0, alive.stderr
 
     backup = result_of(containers.run("backup", "--wait", "--json"))
     assert backup["state"] == "SUCCESS", backup
