@@ -118,7 +118,7 @@ def reconcile(self, **_ignored):
     try:
         # issue 14: an interrupted restore switch is completed or rolled back BEFORE anything is
         # resumed (raises - and the app stays down - only when it cannot be settled)
-        settled = restore_steps.settle_before_resume(settings)
+        settled = restore_steps.settle_before_resume(settings, lambda: control.live_holders(app))
 
         result = {"state": "ok", "resumed": {}, **({"restore": settled} if settled else {})}
         failure = None

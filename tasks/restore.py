@@ -26,6 +26,7 @@ from worker.errors import JobFailed
 from worker.jobs import requests, restore_steps, steps
 from worker.jobs.job import Job, run_job
 from worker.jobs.requests import RestoreRequest
+from worker.runtime import control
 
 
 def _open(repo: Repository) -> None:
@@ -200,10 +201,11 @@ def restore_backup(job: Job, request: RestoreRequest) -> dict:
     if space["media_bytes"] > space["media_free_bytes"]:
         raise JobFailed(f"the media volume {settings.files_dir} has {space['media_free_bytes']} bytes free; staging "
                         f"the backup's files beside the live ones needs {space['media_bytes']} (nothing was changed)")
-    restore_steps.settle_first(job)
+    restore_steps.settle_first(job, lambda: control.live_holders(app))
     ids = media.owner(settings.restore_chown)
     rid = unique_restore_id(settings)
     job.report["restore_id"] = rid
+    switch.claim(settings, rid)
     done = _prepare(job, chosen, repos, target, rid, ids)
     staged = done["files"]
     switched = False
@@ -223,7 +225,7 @@ def restore_backup(job: Job, request: RestoreRequest) -> dict:
                               "previous_database": moved["previous_database"]}
     job.report["files"] = {"count": staged.count, "bytes": staged.bytes,
                            "chown": settings.restore_chown if ids else None, "kept_dir": moved["kept_files"]}
-    staged.discard()  # only what was skipped (our own names inside the snapshot) is left there
+    switch.release(settings, rid)
     job.report["kept"] = next((k for k in switch.kept_states(settings) if k["id"] == rid), None)
     if request.safety_backup:
         job.report["safety_backup"] = safety_backup(job, target, backups, rid)

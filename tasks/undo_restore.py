@@ -14,6 +14,7 @@ from worker.celery_app import app
 from worker.errors import JobFailed
 from worker.jobs import requests, restore_steps
 from worker.jobs.job import Job, run_job
+from worker.runtime import control
 
 
 def undo(job: Job, restore_id: str | None) -> dict:
@@ -21,7 +22,7 @@ def undo(job: Job, restore_id: str | None) -> dict:
     job.report.update(restore_id=restore_id, deployments={}, downtime_seconds=0.0)
     with job.step("validate") as entry:
         _target, kube, names = restore_steps.check_environment(job, entry, for_what="undo-restore")
-    restore_steps.settle_first(job)
+    restore_steps.settle_first(job, lambda: control.live_holders(app))
     with job.step("choose") as entry:
         kept = [k for k in switch.kept_states(settings) if k["database"] and k["files_dir"]]
         if restore_id is None and not kept:

@@ -175,3 +175,36 @@ def test_kept_states_go_at_the_next_restore_or_when_they_expire(repos, capsys):
     assert [k["id"] for k in switch.kept_states(site.settings())] == [rid]
     assert switch.expire(site.settings(RESTORE_KEEP_PREVIOUS="0")) == [rid]
     assert switch.kept_states(site.settings()) == []
+
+
+def test_side_copies_and_a_switch_of_a_live_worker_are_left_alone(repos):
+    """A lease wiped by a Redis restart proves nothing: what a live worker process claimed stays
+    until that process is gone."""
+    from worker import instance
+    from worker.backups import switch
+
+    site = repos
+    settings = site.settings()
+    mine = "20250101000000"
+    switch.claim(settings, mine)
+    site.pg.sql(f'create database "{site.dbname}__restore_{mine}" owner {site.db_user}')
+    os.mkdir(site.media / f".taiga-backup-restore-{mine}")
+    dead = "20250101000001"
+    site.pg.sql(f'create database "{site.dbname}__restore_{dead}" owner {site.db_user}')
+    before = live_state(site)
+
+    assert switch.settle(settings, live=lambda: {instance.holder()}) == {
+        "removed_leftovers": [f"{site.dbname}__restore_{dead}"]}
+    assert side_copies(site) == {"databases": [f"{site.dbname}__restore_{mine}"],
+                                 "dirs": [f".taiga-backup-restore-{mine}", f".taiga-backup-restore-{mine}.holder"]}
+    journal = {"version": 1, "id": mine, "direction": "forward", "media": "A", "had_live": True,
+               "source": f".taiga-backup-restore-{mine}", "holder": instance.holder()}
+    (site.media / ".taiga-backup-switch.json").write_text(json.dumps(journal))
+    with pytest.raises(switch.SwitchError, match="a worker that is still running"):
+        switch.settle(settings, live=lambda: {instance.holder()})
+    (site.media / ".taiga-backup-switch.json").unlink()
+    assert live_state(site) == before
+
+    assert switch.settle(settings)["removed_leftovers"] == [  # the process is gone
+        f"{site.dbname}__restore_{mine}", f".taiga-backup-restore-{mine}", f".taiga-backup-restore-{mine}.holder"]
+    assert side_copies(site) == NOTHING_LEFT

@@ -97,16 +97,6 @@ class Staged:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def remove_leftovers(files_dir: str, prefix: str = PREFIX) -> list[str]:
-    """Staging areas of a restore that was killed; the repository still has their contents."""
-    gone = []
-    for name in sorted(os.listdir(files_dir)):
-        if name.startswith(prefix):
-            shutil.rmtree(os.path.join(files_dir, name), ignore_errors=True)
-            gone.append(name)
-    return gone
-
-
 def content_root(staging: str, paths: list[str]) -> str:
     """restic keeps the tree of a `restic backup .` snapshot at its root (the seed's layout) but
     a snapshot of an absolute path (`restic backup /media`) under that whole path."""

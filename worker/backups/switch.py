@@ -26,6 +26,9 @@ import re
 import shutil
 from datetime import datetime, timedelta, timezone
 
+from typing import Callable
+
+from worker import instance
 from worker.adapters import databases
 from worker.backups import database, media
 from worker.errors import OperatorError
@@ -35,6 +38,8 @@ SIDE = "__restore_"
 BEFORE = "__before_"
 ID_FORMAT = re.compile(r"\d{14}")
 VERSION = 1
+HOLDER_SUFFIX = ".holder"  # `.taiga-backup-restore-<id>.holder`: which worker process uses that restore's copies
+LiveHolders = Callable[[], set]
 
 
 class SwitchError(OperatorError):
@@ -65,6 +70,24 @@ def staging_dir(settings: Settings, rid: str) -> str:
 
 def kept_dir(settings: Settings, rid: str) -> str:
     return os.path.join(settings.files_dir, media.KEPT_PREFIX + rid)
+
+
+def claim(settings: Settings, rid: str) -> None:
+    """Names the worker process (worker.instance) that makes this restore's side copies, before
+    it makes any: a reconciler that finds the job lease gone (Redis restarted empty) leaves the
+    side copies and the switch of a job that is still running alone."""
+    path = staging_dir(settings, rid) + HOLDER_SUFFIX
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(instance.holder())
+    os.replace(path + ".tmp", path)
+
+
+def _holder(settings: Settings, rid: str) -> str | None:
+    try:
+        with open(staging_dir(settings, rid) + HOLDER_SUFFIX, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
 
 
 def check_names(settings: Settings) -> None:
@@ -173,7 +196,7 @@ def forward(settings: Settings, rid: str, source: str, had_live: bool, ids: tupl
     """The restore's switch, with the app down: database renames, then media moves. `source` is
     the staged tree (inside the staging folder)."""
     doc = {"version": VERSION, "id": rid, "direction": "forward", "media": "old", "had_live": had_live,
-           "source": os.path.relpath(source, settings.files_dir), "db": settings.pg_db}
+           "source": os.path.relpath(source, settings.files_dir), "db": settings.pg_db, "holder": instance.holder()}
     _write_journal(settings, doc)
     db, side, before = settings.pg_db, side_db(settings, rid), before_db(settings, rid)
     try:
@@ -224,7 +247,7 @@ def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
     if not os.path.isdir(kept_dir(settings, rid)):
         raise SwitchError(f"restore {rid} kept no previous media ({kept_dir(settings, rid)} is gone)")
     doc = {"version": VERSION, "id": rid, "direction": "back", "media": "new", "had_live": True,
-           "source": media.PREFIX + rid, "db": db}
+           "source": media.PREFIX + rid, "db": db, "holder": instance.holder()}
     _write_journal(settings, doc)
     try:
         killed = databases.rename_all(settings, [(db, side), (before, db)], terminate=[db])
@@ -236,10 +259,20 @@ def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
     return {"sessions_terminated": killed, "undone": {"database": side, "files": staging_dir(settings, rid)}}
 
 
+def release(settings: Settings, rid: str) -> None:
+    """The staging folder (after a switch: only what was skipped, our own names in a snapshot)
+    and, last, the claim."""
+    shutil.rmtree(staging_dir(settings, rid), ignore_errors=True)
+    try:
+        os.unlink(staging_dir(settings, rid) + HOLDER_SUFFIX)
+    except FileNotFoundError:
+        pass
+
+
 def discard(settings: Settings, rid: str) -> None:
     """The side copies of `rid` (a failed load, a rolled-back switch, an undone restore)."""
     databases.drop(settings, side_db(settings, rid))
-    shutil.rmtree(staging_dir(settings, rid), ignore_errors=True)
+    release(settings, rid)
     try:
         os.rmdir(kept_dir(settings, rid))  # only when empty: a kept folder with content stays
     except OSError:
@@ -247,15 +280,19 @@ def discard(settings: Settings, rid: str) -> None:
 
 
 # -- what a new worker does first -----------------------------------------------------------------
-def settle(settings: Settings, ids: tuple[int, int] | None = None) -> dict:
+def settle(settings: Settings, ids: tuple[int, int] | None = None, live: LiveHolders = set) -> dict:
     """Run under the job lease, before anything resumes the app: finishes or rolls back an
     interrupted switch (the media follow the database), removes what dead restores left beside
     the live data, and removes kept states older than RESTORE_KEEP_PREVIOUS. Returns what it did
-    (empty when there was nothing)."""
+    (empty when there was nothing). `live()`: the worker processes alive now (asked only when
+    needed); a switch or side copies of one of them belong to a job still running, lease or not."""
     done: dict = {}
     if not os.path.isdir(settings.files_dir):
         return done
     doc = read_journal(settings)
+    if doc is not None and doc.get("holder") and doc["holder"] in live():
+        raise SwitchError(f"restore {doc['id']} is switching on {doc['holder']}, a worker that is still running: "
+                          "its switch is left to it")
     if doc is not None:
         goal = "new" if _db_is_new(settings, doc) else "old"
         _media_to(settings, doc, goal, ids)
@@ -265,7 +302,7 @@ def settle(settings: Settings, ids: tuple[int, int] | None = None) -> dict:
                           else "rolled back", "state": "restored" if goal == "new" else "previous"}
         if goal == "old":
             discard(settings, doc["id"])
-    left = remove_leftovers(settings)
+    left = remove_leftovers(settings, live)
     if left:
         done["removed_leftovers"] = left
     expired = expire(settings)
@@ -274,10 +311,28 @@ def settle(settings: Settings, ids: tuple[int, int] | None = None) -> dict:
     return done
 
 
-def remove_leftovers(settings: Settings) -> list[str]:
-    """Side databases and staging folders of restores that are no longer running."""
-    gone = databases.drop(settings, *databases.names_with_prefix(settings, settings.pg_db + SIDE))
-    return gone + media.remove_leftovers(settings.files_dir)
+def remove_leftovers(settings: Settings, live: LiveHolders = set) -> list[str]:
+    """Side databases and staging folders of restores that are no longer running: not those whose
+    staging folder names a live worker process. The database goes first, the folder (the claim)
+    last, so a side database is never left without the claim that protects it."""
+    side = settings.pg_db + SIDE
+    dbs = set(databases.names_with_prefix(settings, side))
+    entries = [n for n in os.listdir(settings.files_dir) if n.startswith(media.PREFIX)]
+    rids = {name[len(side):] for name in dbs} | {
+        name[len(media.PREFIX):].removesuffix(".tmp").removesuffix(HOLDER_SUFFIX) for name in entries}
+    holders = {rid: _holder(settings, rid) for rid in rids}
+    alive = live() if any(holders.values()) else set()
+    gone = []
+    for rid in sorted(rids):
+        if holders[rid] and holders[rid] in alive:
+            continue
+        if side + rid in dbs:
+            gone += databases.drop(settings, side + rid)
+        for name in sorted(n for n in entries if n == media.PREFIX + rid or n.startswith(media.PREFIX + rid + ".")):
+            path = os.path.join(settings.files_dir, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+            gone.append(name)
+    return gone
 
 
 def kept_states(settings: Settings) -> list[dict]:

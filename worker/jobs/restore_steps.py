@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+from worker import instance
 from worker.adapters import databases
 from worker.backups import media, switch
 from worker.errors import JobFailed
@@ -35,10 +36,13 @@ def check_environment(job: Job, entry: dict, *, for_what: str) -> tuple:
     return target, kube, names
 
 
-def settle_first(job: Job) -> None:
-    """An interrupted switch, dead jobs' side copies, expired kept states: before a new switch."""
+def settle_first(job: Job, live: switch.LiveHolders) -> None:
+    """An interrupted switch, dead jobs' side copies, expired kept states: before a new switch.
+    `live()`: the other worker processes alive now (this job holds the lease, so what this process
+    left is over)."""
     with job.step("settle") as entry:
-        done = switch.settle(job.settings, media.owner(job.settings.restore_chown))
+        done = switch.settle(job.settings, media.owner(job.settings.restore_chown),
+                             lambda: live() - {instance.holder()})
         entry.update(done)
         if done:
             job.report["settled"] = done
@@ -58,20 +62,21 @@ def down_for(job: Job, kube, names: list[str], what, *, step: str = "switch") ->
         job.report["downtime_seconds"] = round(time.monotonic() - down_since, 3) if names else 0.0
 
 
-def settle_before_resume(settings: Settings) -> dict:
+def settle_before_resume(settings: Settings, live: switch.LiveHolders) -> dict:
     """The reconciler's first step, before it scales anything back up: an interrupted switch is
     completed or rolled back so the app never starts on a mix. Raises (and the app stays down,
     the reconciler tries again) only when such a switch cannot be settled; the other cleanup is
-    best effort."""
+    best effort. `live()`: the worker processes alive now - a switch or side copies of one of them
+    belong to a job still running (its lease may be gone with a Redis restart) and are left alone."""
     try:
         if switch.read_journal(settings) is not None:
-            done = switch.settle(settings, media.owner(settings.restore_chown))
+            done = switch.settle(settings, media.owner(settings.restore_chown), live)
             log.warning("reconcile: settled an interrupted restore switch: %s", done.get("switch"))
             return done
     except Exception as exc:
         raise JobFailed(f"an interrupted restore switch could not be settled, so the app stays down: {exc}") from None
     try:
-        return switch.settle(settings)
+        return switch.settle(settings, live=live)
     except Exception as exc:  # a dead job's leftovers can wait for the next run
         log.warning("reconcile: could not remove restore leftovers: %s", exc)
         return {}
