@@ -1,76 +1,51 @@
-"""`taiga_backup.backup`: the nightly chain quiesce -> dump_db -> restic_backup -> resume.
+"""`taiga_backup.backup`: takes the job's lease and replaces itself with the chain
+prepare -> media_prepass -> quiesce -> restic_backup -> dump_db -> resume -> finish.
 
-While the app is quiesced the database dump and the media backup run at the same time (they
-write to different repositories); BACKUP_PARALLEL=false runs them one after the other. A backup
-is good only if both snapshots were made and the app came back: otherwise the job fails and the
-snapshots it made are forgotten, so `latest` never points at half a backup.
+Replacing (Task.replace) gives the chain's last link this task's id, so whoever sent the backup
+(`taiga-backup backup --wait`, `status`, a chat-ops bot) reads the final report from the same
+id as before. Every link is routed to this worker process's own queue (celery_app.pinned_queue):
+the database snapshot's transaction and the dump streaming it live in this process. If this worker dies,
+the links wait in a queue nobody reads, the lease runs out and the reconciler resumes the app
+and fails the job. The app is down only from quiesce to resume: the media was read once before
+(the pre-pass), and the dump streams an exported snapshot after the app is back
+(worker/jobs/backup_flow.py).
 """
 
 from __future__ import annotations
 
-import logging
-import time
+from celery import chain
 
-from worker.adapters import postgres
-from worker.adapters.redis_store import connect as redis_connect
-from worker.backups import layout, restic_locks
-from worker.celery_app import app
-from worker.jobs import requests, steps
-from worker.jobs.job import Job, run_job
+from worker.celery_app import app, pinned_queue
+from worker.jobs import backup_flow, requests
+from worker.jobs.job import begin_job, end_job, record_failure, run_job
 
-log = logging.getLogger("taiga_backup.backup")
+take_backup = backup_flow.take_backup  # the same steps in this process, without the queue
 
 
-def prepare(job: Job) -> dict:
-    """Everything that can fail before the app is touched: database reachable, Kubernetes
-    answering for every deployment (both checked before any repository is created or written),
-    repositories present (created on first use) and unlocked - all within PREFLIGHT_TIMEOUT."""
-    settings = job.settings
-    deadline = time.monotonic() + settings.preflight_timeout
-    with job.step("preflight") as entry:
-        facts = postgres.preflight(settings)
-        names = list(settings.quiesce_deployments)
-        kube = steps.kube_for(job) if names else None
-        if kube:
-            kube.preflight(names)
-        for repo in layout.both(settings).values():
-            if repo.init_if_missing(timeout=max(1.0, deadline - time.monotonic())):
-                entry.setdefault("initialised", []).append(repo.name)
-            # stale locks of ours (crashed pods, other host names) go; a live holder is waited for
-            done = restic_locks.make_way(settings, repo, redis_connect(settings), exclusive=False,
-                                         on_wait=lambda msg: job.progress("preflight", None, msg))
-            if done.get("locks_removed"):
-                entry.setdefault("locks_removed", []).extend(done["locks_removed"])
-        entry["database_bytes"] = facts["size_bytes"]
-    return {"kube": kube, "names": names, "db_size": facts["size_bytes"]}
-
-
-def take_backup(job: Job, trigger: str) -> dict:
-    """The chain itself: prepare, quiesce, both snapshots, resume."""
-    job.report.update(backup_id=steps.new_backup_id(), trigger=trigger)
-    ctx = prepare(job)
-    kube, names = ctx["kube"], ctx["names"]
-    down_since = time.monotonic()
-    results: dict = {}
-    try:
-        steps.quiesce(job, kube, names)
-        results = steps.backup_quiesced(job, ctx["db_size"])
-    finally:
-        restored = steps.resume(job, kube, names)
-        downtime = time.monotonic() - down_since
-    report = {
-        **steps.summarize(job.settings, results),
-        "deployments": restored,
-        "downtime_seconds": round(downtime, 3) if names else 0.0,
-    }
-    if job.errors:
-        steps.discard(job, report["snapshots"])
-        job.report.update(report)
-    return report
+def backup_chain(ctx: dict, queue: str):
+    """The links, each pinned to this worker process's own queue; the errback is not pinned
+    (any worker may tidy up after a link that raised)."""
+    names = [*backup_flow.LINKS, backup_flow.FINISH]
+    links = [app.signature(name, args=(ctx,) if i == 0 else (), queue=queue) for i, name in enumerate(names)]
+    canvas = chain(*links)
+    canvas.link_error(app.signature(backup_flow.ABORT, kwargs={"ctx": ctx}))
+    return canvas
 
 
 @app.task(bind=True, name=requests.BACKUP)
 def backup(self, *args, **kwargs):
     """Public task (chat-ops contract): kwargs `trigger` only; returns the JSON report."""
     trigger = requests.keyword_fields(requests.BACKUP, args, kwargs, {})["trigger"]
-    return run_job(self, "backup", lambda job: take_backup(job, trigger))
+    queue = pinned_queue()
+    if self.request.is_eager or queue is None:
+        return run_job(self, "backup", lambda job: take_backup(job, trigger))
+    job = begin_job(self, "backup", notify_refusal=True)
+    try:
+        ctx = backup_flow.start(job, trigger)
+        ctx["lease"] = job.lease.value
+        canvas = backup_chain(ctx, queue)
+    except Exception as exc:
+        record_failure(job, "backup", exc)
+        return end_job(job)
+    backup_flow.hand_over(job)  # the links renew the lease from here on
+    return self.replace(canvas)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery import signals as celery_signals
 
 import beat_schedule
 from worker.runtime import security, signals  # noqa: F401 (signals: connects the worker's handlers)
 from worker.settings import broker_urls, read
 
 # One module per public task; the list is fixed (the worker registers exactly these).
-TASK_MODULES = ["tasks.backup", "tasks.restore", "tasks.resume", "tasks.prune", "tasks.check", "tasks.verify",
+TASK_MODULES = ["tasks.backup", "tasks.backup_steps", "tasks.restore", "tasks.resume", "tasks.prune", "tasks.check", "tasks.verify",
                 "tasks.change_password", "tasks.reconcile", "tasks.undo_restore"]
 
 
@@ -38,6 +39,10 @@ def make_app(env=None) -> Celery:
         task_acks_late=False,
         worker_prefetch_multiplier=1,
         worker_disable_prefetch=True,
+        # a link is sent by the one before it: a broker away for a few seconds must not break
+        # the chain (the app would stay down until the reconciler)
+        task_publish_retry_policy={"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5,
+                                   "interval_max": 2},
         broker_transport_options={"visibility_timeout": read("BROKER_VISIBILITY_TIMEOUT", env)},
         result_backend_transport_options={"retry_policy": {"timeout": 10.0}},
         broker_connection_retry_on_startup=True,
@@ -48,7 +53,7 @@ def make_app(env=None) -> Celery:
         task_send_sent_event=True,
         # threads: a running backup must not block pings, control commands or the reconciler
         worker_pool="threads",
-        worker_concurrency=4,
+        worker_concurrency=4,             # >= 2: a link runs while the dump streams in the background
         worker_hijack_root_logger=False,
         timezone=beat_schedule.timezone(env),
         enable_utc=True,
@@ -56,6 +61,25 @@ def make_app(env=None) -> Celery:
     )
     security.configure(app, env, broker, backend)  # rediss:// options; signed messages when configured
     return app
+
+
+# The queue only this worker process reads (set when it starts): a backup chain's links go there,
+# to the process that holds the database snapshot's transaction and the running dump. Like
+# Celery's worker_direct, but per process, not per node name: two workers started on one host
+# share a node name (tests, `celery worker` run twice), never a pid.
+PINNED: dict[str, str] = {}
+
+
+@celery_signals.celeryd_after_setup.connect
+def _read_own_queue(sender=None, instance=None, **_):
+    name = f"{sender}.{os.getpid()}.pinned"
+    instance.app.amqp.queues.select_add(name)
+    PINNED["queue"] = name
+
+
+def pinned_queue() -> str | None:
+    """This worker process's own queue; None outside a worker (an eager call, a client)."""
+    return PINNED.get("queue")
 
 
 app = make_app()

@@ -72,8 +72,21 @@ def test_flower_lists_a_succeeded_backup_and_wants_basic_auth(site, start_worker
     result = celery_client.send_task("taiga_backup.backup", kwargs={"trigger": "manual"})
     assert result.get(timeout=120)["state"] == "SUCCESS"
 
-    tasks = poll(f"{flower}/api/tasks?taskname=taiga_backup.backup",
-                 lambda tasks: tasks.get(result.id, {}).get("state") == "SUCCESS")
-    task = tasks[result.id]
-    assert task["name"] == "taiga_backup.backup" and task["kwargs"] == "{'trigger': 'manual'}"
-    assert task["worker"].startswith("taiga-backup@")
+    # the backup replaced itself with its chain: the last link carries its id, every link its root id
+    steps = ["taiga_backup.prepare", "taiga_backup.media_prepass", "taiga_backup.quiesce", "taiga_backup.restic_backup",
+             "taiga_backup.dump_db", "taiga_backup.resume", "taiga_backup.finish"]
+
+    def chain_done(tasks):
+        links = [t for t in tasks.values() if t.get("root_id") == result.id and t["uuid"] != result.id]
+        return len(links) == len(steps) - 1 and all(t.get("state") == "SUCCESS" for t in links) \
+            and tasks.get(result.id, {}).get("state") == "SUCCESS"
+
+    tasks = poll(f"{flower}/api/tasks", chain_done)
+    links = sorted((t for t in tasks.values() if t["root_id"] == result.id and t["uuid"] != result.id),
+                   key=lambda t: t["received"])
+    assert [t["name"] for t in links] == steps[:-1]
+    assert all(t["runtime"] is not None and t["worker"].startswith("taiga-backup@") for t in links)
+    assert links[0]["parent_id"] == result.id and all(b["parent_id"] == a["uuid"] for a, b in zip(links, links[1:]))
+    # the id the caller got: the backup, then (replaced) the chain's last link, whose result is the report
+    last = tasks[result.id]
+    assert last["name"] in ("taiga_backup.backup", "taiga_backup.finish") and last["runtime"] is not None

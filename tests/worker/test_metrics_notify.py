@@ -220,3 +220,30 @@ def test_notification_urls_are_secrets_and_only_http(site):
     assert notify.ping_url("https://hc.example/ping/abc?create=1", "fail") == "https://hc.example/ping/abc/fail?create=1"
     with pytest.raises(SettingsError, match="^NOTIFY_WEBHOOK_URL: expected an http"):
         site.settings(NOTIFY_WEBHOOK_URL="file:///etc/passwd")
+
+
+@pytest.mark.slow
+def test_a_backup_refused_for_another_job_still_pings_posts_and_counts(site, start_worker, celery_client,
+                                                                      endpoint):
+    from worker.adapters.redis_store import connect
+    from worker.jobs.lease import JobLock
+
+    port = free_port()
+    start_idle_worker(start_worker, celery_client, METRICS_PORT=port, NOTIFY_WEBHOOK_URL=f"{endpoint.url}/hook/{TOKEN}",
+                      HEALTHCHECK_PING_URL=f"{endpoint.url}/ping/{TOKEN}")
+    settings = site.settings()
+    other = JobLock(connect(settings), settings.restic_repository, 60)
+    other.acquire("prune", "the-prune-in-the-way")
+    try:
+        refused = celery_client.send_task("taiga_backup.backup")
+        with pytest.raises(Exception, match="another taiga-backup job is running"):
+            refused.get(timeout=60)
+    finally:
+        other.release()
+    m = wait_for(port, ("taiga_backup_job_failures_total", job("backup")), 1)
+    assert m[("taiga_backup_job_failures_total", job("backup"))] == 1
+    assert m[("taiga_backup_last_run_success", job("backup"))] == 0
+    assert endpoint.paths() == [f"/ping/{TOKEN}/fail", f"/hook/{TOKEN}"]
+    [hook] = endpoint.json_bodies("/hook/")
+    assert hook["state"] == "FAILURE" and hook["task_id"] == refused.id
+    assert "the-prune-in-the-way" in hook["error"]

@@ -69,14 +69,48 @@ def _conn_args(settings: Settings) -> list[str]:
             "--no-password"]
 
 
-def dump_argv(settings: Settings, fmt: str | None = None, dbname: str | None = None) -> list[str]:
+def dump_argv(settings: Settings, fmt: str | None = None, dbname: str | None = None,
+              snapshot: str | None = None) -> list[str]:
     """pg_dump exactly as the old procedure ran it for `plain` (no --clean); `custom` is the
-    uncompressed archive format, so restic can still deduplicate it and pg_restore can load it."""
+    uncompressed archive format, so restic can still deduplicate it and pg_restore can load it.
+    `snapshot`: dump the state exported by ExportedSnapshot (the quiesced point) instead of a
+    fresh one; pg_dump refuses --serializable-deferrable with it, and needs none: the exported
+    snapshot already is a consistent point."""
     fmt = fmt or settings.pg_dump_format
-    argv = ["pg_dump", "--serializable-deferrable", *_conn_args(settings)]
+    consistency = ["--snapshot=" + snapshot] if snapshot else ["--serializable-deferrable"]
+    argv = ["pg_dump", *consistency, *_conn_args(settings)]
     if fmt == "custom":
         argv += ["--format=custom", "--compress=0"]
     return argv + ["--dbname=" + (dbname or settings.pg_db)]
+
+
+class ExportedSnapshot:
+    """A REPEATABLE READ transaction that exported its snapshot (`pg_export_snapshot()`), kept
+    open until close(): as long as it is open, `pg_dump --snapshot=<id>` dumps exactly the
+    database as it was when it was taken, however long the dump takes and whatever is written
+    meanwhile. That is what lets the app come back before the dump starts streaming.
+
+    The session disables idle_in_transaction_session_timeout for itself, so a server that sets
+    one does not end the transaction (and invalidate the snapshot) while the app is back up."""
+
+    def __init__(self, settings: Settings, dbname: str | None = None):
+        self.conn = connect(settings, dbname, autocommit=True)
+        try:
+            self.conn.execute("set idle_in_transaction_session_timeout = 0")
+            self.conn.execute("begin isolation level repeatable read, read only")
+            self.id = str(self.conn.execute("select pg_export_snapshot()").fetchone()[0])
+        except psycopg.Error as exc:
+            self.conn.close()
+            raise DatabaseError(f"could not export a snapshot of database \"{dbname or settings.pg_db}\": "
+                                f"{str(exc).strip()}") from None
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("rollback")
+        except psycopg.Error:
+            pass  # the server or the connection went away: the transaction is over anyway
+        finally:
+            self.conn.close()
 
 
 def psql_argv(settings: Settings, dbname: str) -> list[str]:

@@ -9,6 +9,7 @@ they are never in argv.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,16 @@ class ResticError(ProcessError):
         if self.returncode == EXIT_INCOMPLETE:
             return "incomplete"
         return "error"
+
+
+BROKEN_PIPE = re.compile(r"broken pipe|EPIPE", re.IGNORECASE)
+SIGPIPE = 13
+
+
+def broke_pipe(producer: Completed) -> bool:
+    """The producer failed only because its reader was gone (killed by SIGPIPE, or said so)."""
+    return not producer.timed_out and (producer.returncode in (-SIGPIPE, 128 + SIGPIPE)
+                                       or bool(BROKEN_PIPE.search(producer.stderr)))
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -190,12 +201,29 @@ class Repository:
         """Removes locks restic itself considers stale (dead PID on this host, or > 30 min old)."""
         self.run("unlock", timeout=timeout)
 
-    def unlock_all(self) -> None:
-        self.run("unlock", "--remove-all", timeout=120)
+    def local_path(self) -> str | None:
+        """The directory of a repository on a local file system, else None."""
+        url = self.url[len("local:"):] if self.url.startswith("local:") else self.url
+        return url if url.startswith("/") else None
 
-    def locks(self) -> list[dict]:
-        """Every lock with its holder (host, pid, user, time), read without taking a lock."""
-        ids = self.run("list", "locks", "--no-lock", timeout=120).stdout.decode().split()
+    def remove_lock(self, lock_id: str) -> bool:
+        """Removes exactly one lock by id - never `unlock --remove-all`, which would also take the
+        locks of someone still at work. restic has no command for one lock, so this works for
+        local repositories only (the lock is a file); elsewhere it returns False and the lock
+        goes when restic calls it stale (30 minutes). True when it is gone."""
+        root = self.local_path()
+        if root is None or not re.fullmatch(r"[0-9a-f]{64}", lock_id):
+            return False
+        try:
+            os.remove(os.path.join(root, "locks", lock_id))
+        except FileNotFoundError:
+            pass
+        return True
+
+    def locks(self, timeout: float = 120) -> list[dict]:
+        """Every lock with its holder (host, pid, user, time), read without taking a lock. It
+        opens the repository, so it also proves it is there and the password opens it."""
+        ids = self.run("list", "locks", "--no-lock", timeout=timeout).stdout.decode().split()
         holders = []
         for lock_id in ids:
             try:
@@ -207,11 +235,11 @@ class Repository:
         return holders
 
     # -- snapshots --------------------------------------------------------------------------
-    def snapshots(self, tag: str | None = None) -> list[dict]:
+    def snapshots(self, tag: str | None = None, timeout: float = 300) -> list[dict]:
         args = ["snapshots", "--json", "--no-lock"]
         if tag:
             args += ["--tag", tag]
-        docs = json.loads(self.run(*args, timeout=300).stdout or b"[]") or []
+        docs = json.loads(self.run(*args, timeout=timeout).stdout or b"[]") or []
         return sorted(docs, key=lambda d: d.get("time", ""))
 
     def forget(self, *snapshot_ids: str, prune: bool = False, timeout: float = 3600) -> None:
@@ -226,12 +254,17 @@ class Repository:
         return args
 
     def backup_dir(self, path: str, tags: list[str], *, on_status=None, timeout=None,
-                   excludes: tuple[str, ...] = ()) -> BackupSummary:
-        """`restic backup .` from inside `path` (the seed's layout: snapshot paths are relative)."""
+                   excludes: tuple[str, ...] = (), parent: str | None = None, full_id: bool = True,
+                   flags: tuple[str, ...] = ()) -> BackupSummary:
+        """`restic backup .` from inside `path` (the seed's layout: snapshot paths are relative).
+        `parent`: the snapshot to compare with (a pre-pass a moment ago: only what changed since
+        is read). full_id=False leaves the short id, saving a restic run (a key derivation) on
+        the critical path; resolve it later with full_ids()."""
         deadline = _deadline(timeout)
         lines = JsonLines(on_status)
         skip = [arg for pattern in excludes for arg in ("--exclude", pattern)]
-        result = process.run(["restic", *self._backup_args(tags), *skip, "."], env=self.env(), cwd=path,
+        args = [*self._backup_args(tags), *flags, *skip, *(["--parent", parent] if parent else []), "."]
+        result = process.run(["restic", *args], env=self.env(), cwd=path,
                              what=f"restic backup ({self.name})", timeout=timeout, on_line=lines,
                              keep_stdout=False)
         summary = BackupSummary.from_json(lines.summary) if lines.summary else None
@@ -242,15 +275,18 @@ class Repository:
             raise ResticError(result.what, result.returncode, result.stderr, result.timed_out)
         if summary is None or not summary.snapshot_id:
             raise ResticError(result.what, result.returncode, "restic printed no summary: " + result.stderr)
-        return self._full_id(summary, deadline)
+        return self._full_id(summary, deadline) if full_id else summary
 
     def backup_pipe(self, producer: list[str], producer_env: dict, tags: list[str], *, filename="stdin",
-                    on_status=None, timeout=None, producer_what=None) -> BackupSummary:
+                    on_status=None, timeout=None, producer_what=None, full_id: bool = True,
+                    flags: tuple[str, ...] = ()) -> BackupSummary:
         """producer | restic backup --stdin, with no temporary file. A snapshot made from a stream
-        whose producer failed is removed again before the error is raised."""
+        whose producer failed is removed again before the error is raised. When restic dies
+        first, the producer fails too, on the closed pipe ("Broken pipe"): that says nothing,
+        so restic's own error is the one raised."""
         deadline = _deadline(timeout)
         lines = JsonLines(on_status)
-        args = self._backup_args(tags) + ["--stdin"]
+        args = self._backup_args(tags) + list(flags) + ["--stdin"]
         if filename != "stdin":
             args += ["--stdin-filename", filename]
         prod, cons = process.pipe(producer, ["restic", *args], producer_env=producer_env,
@@ -262,6 +298,8 @@ class Repository:
             # both were killed at the deadline: restic retrying an unreachable repository (for
             # minutes) is why, not pg_dump blocked on the full pipe
             raise ResticError(cons.what, cons.returncode, cons.stderr, True)
+        if not cons.ok and not prod.ok and broke_pipe(prod):
+            raise ResticError(cons.what, cons.returncode, cons.stderr, cons.timed_out)
         if not prod.ok:
             if summary and summary.snapshot_id:
                 self._forget_quietly(summary.snapshot_id)
@@ -270,16 +308,23 @@ class Repository:
             raise ResticError(cons.what, cons.returncode, cons.stderr, cons.timed_out)
         if summary is None or not summary.snapshot_id:
             raise ResticError(cons.what, cons.returncode, "restic printed no summary: " + cons.stderr)
-        return self._full_id(summary, deadline)
+        return self._full_id(summary, deadline) if full_id else summary
+
+    def full_ids(self, short_ids: list[str], timeout: float = 120) -> dict[str, str]:
+        """{short id: full id} for several snapshots in one restic run (one key derivation)."""
+        wanted = [s for s in short_ids if s]
+        if not wanted:
+            return {}
+        docs = json.loads(self.run("snapshots", "--json", "--no-lock", *wanted, timeout=timeout).stdout or b"[]")
+        return {short: doc["id"] for short in wanted for doc in docs or [] if doc["id"].startswith(short)}
 
     def _full_id(self, summary: BackupSummary, deadline: float | None = None) -> BackupSummary:
         """restic 0.14 reports the short id; results and tags always carry the full one. Looked up
         within what is left of the backup's deadline."""
         if summary.snapshot_id and len(summary.snapshot_id) < 64:
             left = 120 if deadline is None else max(1.0, deadline - time.monotonic())
-            docs = json.loads(self.run("snapshots", "--json", "--no-lock", summary.snapshot_id, timeout=left).stdout)
-            if len(docs) == 1:
-                summary.snapshot_id = docs[0]["id"]
+            summary.snapshot_id = self.full_ids([summary.snapshot_id], timeout=left).get(summary.snapshot_id,
+                                                                                        summary.snapshot_id)
         return summary
 
     def _forget_quietly(self, snapshot_id: str) -> None:

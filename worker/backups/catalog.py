@@ -14,6 +14,9 @@ from worker.backups import layout
 from worker.settings import Settings
 
 ID_TAG = "backup-id="
+# a backup's media pre-pass (made with the app up, the parent of the quiesced pass): never a backup
+PREPASS_TAG = "taiga-backup-prepass"
+PREPASS_OF_TAG = "prepass-of="
 KIND_TAG = "kind="
 LEGACY_MAX_GAP_SECONDS = 6 * 3600
 
@@ -57,6 +60,8 @@ def pair(files: list[dict], database: list[dict]) -> list[Backup]:
     legacy_files, legacy_db = [], []
     for repo, snaps, legacy in (("files", files, legacy_files), ("pg-database", database, legacy_db)):
         for snap in snaps:
+            if PREPASS_TAG in (snap.get("tags") or []):
+                continue
             backup_id = _tag(snap, ID_TAG)
             if backup_id:
                 entry = by_id.setdefault(backup_id, {"kind": _tag(snap, KIND_TAG) or "manual"})

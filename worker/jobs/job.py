@@ -124,6 +124,25 @@ class Job:
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
 
+    # -- a job made of several tasks --------------------------------------------------------
+    @classmethod
+    def from_context(cls, ctx: dict, settings: Settings, task=None) -> "Job":
+        """The job a chain link works for: the root task's id (progress, report and lease are
+        the job's, not the link's), the report and errors so far, the progress shown so far."""
+        job = cls(ctx["kind"], settings, task)
+        job.task_id = ctx["task_id"]
+        job.report = ctx["report"]
+        job.errors = ctx["errors"]
+        job._progress = ctx.get("progress") or {}
+        job._t0 = time.monotonic() - max(0.0, time.time() - ctx["started"])
+        return job
+
+    def context(self, **fields) -> dict:
+        """What a chain link passes on: plain JSON (Celery keeps task arguments in Redis, so
+        nothing secret: settings are read again from the environment by every link)."""
+        return {"kind": self.kind, "task_id": self.task_id, "report": self.report, "errors": self.errors,
+                "progress": self._progress, "started": time.time() - self.elapsed(), **fields}
+
 
 def store_report(settings: Settings, report: dict) -> None:
     try:
@@ -152,8 +171,10 @@ def load_settings() -> Settings:
     return settings
 
 
-def run_job(task, kind: str, body, *, exclusive: bool = True) -> dict:
-    """Runs body(job) under the repository lease; returns the report or raises JobFailed."""
+def begin_job(task, kind: str, *, exclusive: bool = True, notify_refusal: bool = False) -> Job:
+    """The job and its lease (job.lease); raises LeaseBusy when another job holds the repository.
+    notify_refusal: a refused run is a failed run for whoever watches (webhook, ping, metric),
+    unless it will be retried (run_scheduled)."""
     settings = load_settings()
     job = Job(kind, settings, task)
     lock = JobLock(redis_connect(settings), settings.restic_repository, settings.lock_lease_seconds)
@@ -162,35 +183,55 @@ def run_job(task, kind: str, body, *, exclusive: bool = True) -> dict:
         try:
             lock.acquire(kind, job.task_id)
         except JobBusy as exc:
+            if notify_refusal:
+                job.errors.append(str(exc))
+                end_job(job, release=False)
             raise LeaseBusy(str(exc)) from None
     _safe(hooks.job_started, settings, kind, job.task_id)
+    return job
+
+
+def record_failure(job: Job, kind: str, exc: BaseException) -> None:
+    """An exception that ended a job body: recorded unless a step already recorded one."""
+    if not job.errors:
+        text = str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
+        job.errors.append(redact.redact(text))
+    if isinstance(exc, OperatorError):
+        log.error("%s failed: %s", kind, redact.redact(str(exc)))
+    else:
+        log.exception("%s failed", kind)
+
+
+def end_job(job: Job, *, release: bool = True) -> dict:
+    """Stores the final report, tells metrics and notifications, lets the lease go; returns the
+    report, or raises JobFailed with the first error."""
     try:
-        try:
-            result = body(job) or {}
-        except Exception as exc:
-            if not job.errors:  # not already recorded by a step
-                text = str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
-                job.errors.append(redact.redact(text))
-            if isinstance(exc, OperatorError):
-                log.error("%s failed: %s", kind, redact.redact(str(exc)))
-            else:
-                log.exception("%s failed", kind)
-        else:
-            job.report.update(result)
         job.report["finished_at"] = now_iso()
         job.report["duration_seconds"] = round(job.elapsed(), 3)
         if job.errors:
             job.report.update(state="FAILURE", error=job.errors[0], errors=job.errors)
-            store_report(settings, job.report)
-            _safe(hooks.job_finished, settings, job.report)
+        else:
+            job.report["state"] = "SUCCESS"
+        store_report(job.settings, job.report)
+        _safe(hooks.job_finished, job.settings, job.report)
+        if job.errors:
             raise JobFailed(job.errors[0])
-        job.report["state"] = "SUCCESS"
-        store_report(settings, job.report)
-        _safe(hooks.job_finished, settings, job.report)
         return job.report
     finally:
-        if exclusive:
-            lock.release()
+        if release and job.lease is not None:
+            job.lease.release()
+
+
+def run_job(task, kind: str, body, *, exclusive: bool = True) -> dict:
+    """Runs body(job) under the repository lease; returns the report or raises JobFailed."""
+    job = begin_job(task, kind, exclusive=exclusive, notify_refusal=kind == "backup")
+    try:
+        result = body(job) or {}
+    except Exception as exc:
+        record_failure(job, kind, exc)
+    else:
+        job.report.update(result)
+    return end_job(job, release=exclusive)
 
 
 BUSY_RETRIES = 80  # with the back-off: about six hours, as long as a beat message lives

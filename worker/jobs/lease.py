@@ -28,6 +28,10 @@ class JobBusy(OperatorError):
     """Another taiga-backup job holds the repository."""
 
 
+class LeaseLost(OperatorError):
+    """The job's lease ran out or was taken over: another job may be working now."""
+
+
 def repo_key(repository: str) -> str:
     return hashlib.sha256(repository.encode()).hexdigest()[:16]
 
@@ -46,6 +50,7 @@ class JobLock:
         self._task_id: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._grace_until: float | None = None
         self.lost = threading.Event()
 
     def holder(self) -> dict | None:
@@ -86,6 +91,62 @@ class JobLock:
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="job-lease", daemon=True)
         self._thread.start()
+
+    @property
+    def value(self) -> str | None:
+        """What a later link of the same job needs to adopt() the lease (no secret: it names the
+        job and a random token, as Redis shows it)."""
+        return self._value
+
+    def adopt(self, value: str) -> None:
+        """Takes over renewing the lease a previous link of this job held (the lease belongs to
+        the job, not to a task). Raises LeaseLost when it is no longer ours: the link must stop
+        before it touches anything. A lease that is simply gone (Redis restarted without
+        persistence) is taken back, as the renewal does."""
+        self._value = value
+        record = json.loads(value)
+        self._task_id = record["task_id"]
+        try:
+            current = self.active()
+            if current and current.get("task_id") == self._task_id:
+                self._active = json.dumps(current, sort_keys=True)
+            else:
+                self._active = json.dumps({k: record.get(k) for k in ("kind", "task_id", "host", "since")}
+                                          | {"started": time.time()}, sort_keys=True)
+            ours = self._renew()
+        except redis.RedisError as exc:  # Redis restarting: the renewal keeps trying, the lease is long enough
+            log.warning("could not check the job lease: %s", exc)
+            ours = True
+        if not ours:
+            other = self.holder() or {}
+            self._value = None
+            raise LeaseLost(f"the job lease was lost (now held by {other.get('kind', 'nobody')} task "
+                            f"{other.get('task_id', '?')}): stopped before touching the app or the repositories")
+        self.lost.clear()
+        self._grace_until = None
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._renew_loop, name="job-lease", daemon=True)
+            self._thread.start()
+
+    def pause(self, grace: float = 0.0) -> None:
+        """Stops renewing without giving the lease up: the next link of the job adopts it.
+        `grace`: go on renewing for that long first, so a link delayed on its way (the broker
+        restarting, forgetting the lease) still finds it ours; a chain that broke stops being
+        renewed after it, and the reconciler can settle the job."""
+        if grace > 0:
+            self._grace_until = time.monotonic() + grace
+            return
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def check(self) -> None:
+        """Raises LeaseLost if the renewal found the lease taken over since adopt()/acquire()."""
+        if self.lost.is_set():
+            raise LeaseLost("the job lease was taken over by another job while this one ran: "
+                            "stopped before touching anything more")
 
     def _hand_over_active(self) -> None:
         """Writes our `active` record. One already there belongs to a holder whose lease ran out
@@ -165,6 +226,9 @@ class JobLock:
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.lease / 3):
+            if self._grace_until is not None and time.monotonic() > self._grace_until:
+                log.warning("job lease %s: no link of the job took it over in time; no longer renewed", self.key)
+                return
             try:
                 if not self._renew():
                     log.error("job lease %s was taken over by another holder", self.key)

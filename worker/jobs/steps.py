@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from worker.adapters import postgres
 from worker.adapters.kube import Kube
 from worker.adapters.process import ProcessError
+from worker.adapters.restic import ResticError
 from worker.backups import layout, media
 from worker.jobs.job import Job
 
@@ -54,9 +55,11 @@ def resume(job: Job, kube: Kube | None, names: list[str]) -> dict:
         return {}
 
 
-def dump_db(job: Job, db_size: int, dbname: str | None = None) -> dict:
+def dump_db(job: Job, db_size: int, dbname: str | None = None, snapshot: str | None = None,
+            full_id: bool = True) -> dict:
     """pg_dump streamed into `restic backup --stdin` (file name `stdin`, as the old procedure).
-    `dbname`: another database than POSTGRES_DB (a restore's kept previous state)."""
+    `dbname`: another database than POSTGRES_DB (a restore's kept previous state). `snapshot`:
+    an exported snapshot to dump (postgres.ExportedSnapshot) instead of a fresh one."""
     settings = job.settings
     repo = layout.repository(settings, layout.DATABASE)
     with job.step("dump_db") as entry:
@@ -64,25 +67,41 @@ def dump_db(job: Job, db_size: int, dbname: str | None = None) -> dict:
             done = int(doc.get("bytes_done") or doc.get("total_bytes") or 0)
             job.progress("dump_db", 99.0 * min(1.0, done / max(db_size, 1)), f"{done} bytes dumped")
 
-        summary = repo.backup_pipe(postgres.dump_argv(settings, dbname=dbname), postgres.client_env(settings), backup_tags(job),
-                                   on_status=on_status, timeout=settings.dump_timeout, producer_what="pg_dump")
+        summary = repo.backup_pipe(postgres.dump_argv(settings, dbname=dbname, snapshot=snapshot),
+                                   postgres.client_env(settings), backup_tags(job), on_status=on_status,
+                                   timeout=settings.dump_timeout, producer_what="pg_dump", full_id=full_id,
+                                   flags=layout.BACKUP_FLAGS[layout.DATABASE])
         entry.update(snapshot_id=summary.snapshot_id, format=settings.pg_dump_format,
                      dump_bytes=summary.total_bytes_processed, data_added=summary.data_added)
         return summary.as_dict()
 
 
-def restic_backup(job: Job, files_dir: str | None = None) -> dict:
+def restic_backup(job: Job, files_dir: str | None = None, *, step: str = "restic_backup", tags: list[str] | None = None,
+                  parent: str | None = None, full_id: bool = True, make_ready=None) -> dict:
     """The media directory, backed up as `.` from inside it (the old procedure's layout), so a
-    snapshot of another directory (a restore's kept previous media) has the same paths."""
+    snapshot of another directory (a restore's kept previous media) has the same paths.
+    `parent`: a pre-pass made a moment ago with the app up, so this pass reads only what changed.
+    `make_ready(repo, error)`: called when restic cannot open or lock the repository; True when
+    it made it usable (created it, removed a dead worker's lock), and the backup is tried again -
+    so no separate restic run checks the repository first."""
     settings = job.settings
     repo = layout.repository(settings, layout.FILES)
-    with job.step("restic_backup") as entry:
+    with job.step(step) as entry:
         def on_status(doc):
             pct = float(doc.get("percent_done") or 0) * 100
-            job.progress("restic_backup", pct, f"{doc.get('files_done', 0)} files, {doc.get('bytes_done', 0)} bytes")
+            job.progress(step, pct, f"{doc.get('files_done', 0)} files, {doc.get('bytes_done', 0)} bytes")
 
-        summary = repo.backup_dir(files_dir or settings.files_dir, backup_tags(job), on_status=on_status,
-                                  timeout=settings.files_timeout, excludes=media.BACKUP_EXCLUDES)
+        def attempt():
+            return repo.backup_dir(files_dir or settings.files_dir, tags or backup_tags(job), on_status=on_status,
+                                   timeout=settings.files_timeout, excludes=media.BACKUP_EXCLUDES, parent=parent,
+                                   full_id=full_id, flags=layout.BACKUP_FLAGS[layout.FILES])
+
+        try:
+            summary = attempt()
+        except ResticError as exc:
+            if make_ready is None or not make_ready(repo, exc, entry):
+                raise
+            summary = attempt()
         entry.update(snapshot_id=summary.snapshot_id, files_new=summary.files_new,
                      files_changed=summary.files_changed, data_added=summary.data_added)
         return summary.as_dict()
@@ -127,10 +146,23 @@ def summarize(settings, results: dict) -> dict:
 
 
 def discard(job: Job, snapshots: dict) -> None:
-    """A failed backup leaves no snapshot behind: half a backup must never become `latest`."""
-    for name, snapshot_id in snapshots.items():
+    """A failed backup leaves no snapshot behind: half a backup must never become `latest`.
+    A repository's value may be one id or several (forgotten in one restic run)."""
+    for name, ids in snapshots.items():
+        ids = [ids] if isinstance(ids, str) else [i for i in ids if i]
+        if not ids:
+            continue
+        repo = layout.repository(job.settings, name)
         try:
-            layout.repository(job.settings, name).forget(snapshot_id, timeout=job.settings.discard_timeout)
-            job.report.setdefault("discarded_snapshots", {})[name] = snapshot_id
+            try:
+                repo.forget(*ids, timeout=job.settings.discard_timeout)
+            except ResticError as exc:
+                if exc.kind != "locked":
+                    raise
+                # a restic of this job killed at its deadline left its lock: stale (dead PID, this
+                # host), so `unlock` removes it - and only such locks
+                repo.unlock_stale(timeout=job.settings.discard_timeout)
+                repo.forget(*ids, timeout=job.settings.discard_timeout)
+            job.report.setdefault("discarded_snapshots", {})[name] = ids[0] if len(ids) == 1 else ids
         except ProcessError as exc:
             job.fail("discard", exc)

@@ -1,0 +1,272 @@
+"""The backup as a chain of real Celery tasks in a real worker process: every step a task under
+the backup's root id, resume after a failure in any step, a lost lease stopping the chain, the
+dump being the database as it was at the quiesced point, and downtime that does not grow with
+the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import psycopg
+import pytest
+from celery.result import AsyncResult
+
+from testkit import dataset
+from testkit.faults import ANNOTATION, app_at_zero, app_back, dump_blocked, snapshot_ids, wait_until
+from testkit.scenarios import hold_table_lock
+from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
+
+LINKS = ["taiga_backup.prepare", "taiga_backup.media_prepass", "taiga_backup.quiesce", "taiga_backup.restic_backup",
+         "taiga_backup.dump_db", "taiga_backup.resume", "taiga_backup.finish"]
+
+
+def links_of(app, task_id: str) -> list[dict]:
+    """The chain as the result backend has it: from the last link (which carries the backup's
+    id) back through each parent_id, first link first."""
+    metas, seen = [], task_id
+    while seen:
+        meta = app.backend.get_task_meta(seen)
+        metas.append({**meta, "id": seen})
+        parent = meta.get("parent_id")
+        seen = parent if parent and parent != task_id else None
+    return list(reversed(metas))
+
+
+def redis_of(site):
+    from worker.adapters.redis_store import connect
+
+    return connect(site.settings())
+
+
+def gateway_history(site) -> list[int]:
+    return [r for _, r in site.kube.history(NAMESPACE, "taiga-gateway-deployment")]
+
+
+def failure(result, timeout=120) -> str:
+    with pytest.raises(Exception) as err:
+        result.get(timeout=timeout)
+    return str(err.value)
+
+
+@pytest.mark.slow
+def test_every_step_is_a_task_of_its_own_under_the_backups_root_id(repos, start_worker, celery_client):
+    site = repos
+    worker = start_worker()
+    result = celery_client.send_task("taiga_backup.backup", kwargs={"trigger": "manual"})
+    report = result.get(timeout=120)
+    assert report["state"] == "SUCCESS" and report["task_id"] == result.id
+
+    links = links_of(celery_client, result.id)
+    assert [m["name"] for m in links] == LINKS
+    assert all(m["status"] == "SUCCESS" for m in links)
+    assert links[-1]["id"] == result.id  # the replaced task's id is the last link's
+    assert len({m["worker"] for m in links}) == 1  # pinned to the worker holding the dump
+    # routed to the worker process's own queue (prepare too: the backup task sent it from there)
+    assert len({m["queue"] for m in links}) == 1 and links[0]["queue"].endswith(".pinned")
+    # each link passes the context on: no secret in what Redis keeps of their arguments
+    args = json.dumps([m["args"] for m in links])
+    for secret in ("restic-secret-password-1", "taiga-db-secret-pw"):
+        assert secret not in args
+    # root ids as the worker logged them (Flower shows the same: tests/worker/test_flower.py)
+    log = worker.output()
+    assert all(f"[{m['id']}] received" in log for m in links)
+
+    assert {"preflight", "media_prepass", "quiesce", "db_snapshot", "dump_db", "restic_backup",
+            "resume"} <= set(report["steps"])
+    assert all(isinstance(s["seconds"], float) and s["ok"] for s in report["steps"].values())
+    assert 0 < report["downtime_seconds"] < report["duration_seconds"]
+    assert report["backup_complete"] is True
+    # only the quiesced pass and the dump are the backup: the pre-pass is gone
+    assert snapshot_ids(site, "files") == [report["snapshots"]["files"]]
+    assert snapshot_ids(site, "pg-database") == [report["snapshots"]["pg-database"]]
+    assert report["prepass_forgotten"] and report["prepass_forgotten"][0] not in report["snapshots"].values()
+    assert app_back(site) and gateway_history(site) == [1, 0, 1]
+
+
+def _slow_pods(site, attribute, seconds):
+    old = getattr(site.kube, attribute)
+    setattr(site.kube, attribute, seconds)
+    return lambda: setattr(site.kube, attribute, old)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["media_prepass", "quiesce", "dump_db", "restic_backup", "resume"])
+def test_the_app_is_resumed_after_a_failure_in_any_step(step, repos, start_worker, celery_client):
+    site = repos
+    env, undo = {}, []
+    if step == "media_prepass":
+        with open(site.media / "huge.bin", "wb") as f:
+            f.truncate(200 * 1024 ** 3)  # sparse: costs nothing on disk, takes restic minutes to read
+        env["FILES_TIMEOUT"] = 2
+        expected = "media_prepass: restic backup (files) did not finish before its deadline"
+    elif step == "quiesce":
+        undo.append(_slow_pods(site, "pod_stop_delay", 60.0))
+        env["QUIESCE_TIMEOUT"] = 1
+        expected = "quiesce: 1 pod(s) of taiga-gateway-deployment still running after 1s"
+    elif step == "dump_db":
+        site.pg.sql("create table secret_stuff (id int); insert into secret_stuff values (1)", dbname=site.dbname)
+        expected = "dump_db: pg_dump failed"
+    elif step == "restic_backup":
+        undo.append(_slow_pods(site, "pod_stop_delay", 2.0))
+        env["FILES_TIMEOUT"] = 4
+        expected = "restic_backup: restic backup (files) did not finish before its deadline"
+    else:
+        undo.append(_slow_pods(site, "pod_start_delay", 60.0))
+        env["RESUME_TIMEOUT"] = 1
+        expected = "resume: taiga-gateway-deployment has 0/1 available pods after 1s"
+    start_worker(**env)
+    try:
+        result = celery_client.send_task("taiga_backup.backup")
+        if step == "restic_backup":
+            # after the pre-pass, while quiescing: only the quiesced pass meets this file
+            wait_until(lambda: app_at_zero(site), 60, "the app quiesced")
+            with open(site.media / "huge.bin", "wb") as f:
+                f.truncate(200 * 1024 ** 3)
+        text = failure(result)
+    finally:
+        for fn in undo:
+            fn()
+    assert text.startswith(expected), text
+    report = json.loads(redis_of(site).get(f"taiga-backup:report:{result.id}"))
+    links = links_of(celery_client, result.id)
+    assert [m["name"] for m in links] == LINKS  # the chain ran to its end: steps pass failures on
+    if step == "media_prepass":
+        assert gateway_history(site) == [1]  # failed before the app was touched
+    else:
+        assert gateway_history(site) == [1, 0, 1]
+        assert all(ANNOTATION not in site.kube.annotations(NAMESPACE, n) for n in BACKUP_DEPLOYMENTS)
+    if step == "resume":
+        # a slow start is not a lost backup: both snapshots are complete and kept
+        assert report["backup_complete"] is True and report["not_back"] == report["error"]
+        assert snapshot_ids(site, "files") == [report["snapshots"]["files"]]
+        assert snapshot_ids(site, "pg-database") == [report["snapshots"]["pg-database"]]
+        wait_until(lambda: app_back(site), 90, "the slow pods to come up")
+    else:
+        assert report["backup_complete"] is False
+        assert snapshot_ids(site, "files") == []
+        assert snapshot_ids(site, "files") == [] and snapshot_ids(site, "pg-database") == []
+        assert app_back(site)
+
+
+@pytest.mark.slow
+def test_a_lease_lost_mid_chain_stops_the_chain_before_it_does_harm(repos, start_worker, celery_client):
+    """While quiesce waits for the pods, the lease is taken by another job (as when this one's
+    ran out): the next link stops; nothing is dumped, and the app is left to the new holder /
+    the reconciler, which resumes it once the lease is free."""
+    from worker.jobs.lease import JobLock
+
+    site = repos
+    undo = _slow_pods(site, "pod_stop_delay", 3.0)
+    start_worker()
+    settings = site.settings()
+    client = redis_of(site)
+    lock = JobLock(client, settings.restic_repository)
+    try:
+        result = celery_client.send_task("taiga_backup.backup")
+        wait_until(lambda: app_at_zero(site), 60, "the app quiescing")
+        other = json.dumps({"kind": "restore", "task_id": "other-job", "host": "elsewhere", "since": "now",
+                            "token": "x"})
+        client.set(lock.key, other, ex=120)
+        text = failure(result)
+    finally:
+        undo()
+    assert "the job lease was lost" in text and "other-job" in text, text
+    names = [m["name"] for m in links_of(celery_client, result.id)]
+    assert names == LINKS
+    report = json.loads(client.get(f"taiga-backup:report:{result.id}"))
+    assert "db_snapshot" not in report["steps"] and "restic_backup" not in report["steps"]
+    assert "resume" not in report["steps"]
+    assert snapshot_ids(site, "pg-database") == []
+    assert app_at_zero(site) and client.get(lock.key) == other.encode()  # not resumed, lease not released
+    client.delete(lock.key)
+    assert celery_client.send_task("taiga_backup.reconcile").get(timeout=60)["state"] == "ok"
+    assert app_back(site)
+
+
+@pytest.mark.slow
+def test_the_worker_killed_while_the_app_is_down_fails_the_job_and_the_app_comes_back(repos, start_worker,
+                                                                                       celery_client):
+    """The links are pinned to the killed worker's own queue: nobody runs them. Its lease runs out
+    and a new worker's reconciler resumes the app and fails the job."""
+    site = repos
+    undo = _slow_pods(site, "pod_stop_delay", 60.0)
+    try:
+        first = start_worker(JOB_LOCK_LEASE=5)
+        result = celery_client.send_task("taiga_backup.backup")
+        wait_until(lambda: app_at_zero(site), 60, "the app quiescing")
+        first.kill()
+        assert all(site.kube.annotations(NAMESPACE, n)[ANNOTATION] == str(c) for n, c in BACKUP_DEPLOYMENTS.items())
+        start_worker(JOB_LOCK_LEASE=5)
+        wait_until(lambda: app_back(site), 60, "the app resumed by the new worker", interval=0.1)
+    finally:
+        undo()
+    wait_until(lambda: AsyncResult(result.id, app=celery_client).state == "FAILURE", 30, "the job marked FAILURE")
+    assert "interrupted" in str(AsyncResult(result.id, app=celery_client).info)
+    assert snapshot_ids(site, "pg-database") == []
+
+
+@pytest.mark.slow
+def test_the_dump_is_the_database_at_the_quiesced_point_though_the_app_is_back(repos, start_worker,
+                                                                             celery_client, tmp_path):
+    """pg_dump is held on a table lock after it imported the snapshot: the app comes back, rows are
+    written, then the dump goes on - and has none of them."""
+    site = repos
+    start_worker()
+    before = dataset.table_checksums(site.conninfo)
+    lock = hold_table_lock(site)
+    try:
+        result = celery_client.send_task("taiga_backup.backup")
+        wait_until(lambda: dump_blocked(site), 60, "pg_dump waiting on the table lock")
+        wait_until(lambda: app_back(site), 60, "the app back while the dump waits")
+        assert AsyncResult(result.id, app=celery_client).state not in ("SUCCESS", "FAILURE")
+        with psycopg.connect(site.conninfo, autocommit=True) as conn:
+            conn.execute("update users_user set full_name = 'written after resume'")
+            conn.execute("create table zz_after_resume (id int)")
+    finally:
+        lock.execute("rollback")
+        lock.close()
+    report = result.get(timeout=120)
+    assert report["state"] == "SUCCESS"
+    assert report["downtime_seconds"] < report["steps"]["dump_db"]["seconds"] + report["downtime_seconds"]
+    dump = site.restic("pg-database", "dump", report["snapshots"]["pg-database"], "stdin").stdout
+    assert b"written after resume" not in dump and b"zz_after_resume" not in dump
+    copy = site.dbname + "_copy"
+    site.pg.create_app_db(copy, site.db_user, site.db_password)
+    subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "-q", "-o", "/dev/null",
+                    site.conninfo.replace(f"dbname={site.dbname}", f"dbname={copy}")], input=dump, check=True,
+                   capture_output=True)
+    assert dataset.table_checksums(site.conninfo.replace(f"dbname={site.dbname}", f"dbname={copy}")) == before
+
+
+@pytest.mark.slow
+def test_downtime_does_not_grow_with_the_data(repos, start_worker, celery_client, record_property):
+    """The same backup at two sizes (the second with ~20x the data): the data steps take longer,
+    the app's downtime does not."""
+    site = repos
+    start_worker()
+
+    def measured():
+        report = celery_client.send_task("taiga_backup.backup").get(timeout=300)
+        assert report["state"] == "SUCCESS"
+        data = report["steps"]["dump_db"]["seconds"] + report["steps"]["media_prepass"]["seconds"]
+        return report["downtime_seconds"], data, report
+
+    small, small_data, _ = measured()
+    for i in range(40):
+        (site.media / f"upload-{i}.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    with psycopg.connect(site.conninfo, autocommit=True) as conn:
+        conn.execute("create table zz_bulk (id int, payload text)")
+        conn.execute("insert into zz_bulk select g, repeat(md5(g::text), 60) from generate_series(1, 40000) g")
+    # a fresh repository, so the bigger run is a full one too
+    for name in ("files", "pg-database"):
+        for snap in snapshot_ids(site, name):
+            site.restic(name, "forget", "--prune", snap)
+    big, big_data, report = measured()
+    record_property("downtime_small_big", [small, big])
+    print(f"\ndowntime {small:.2f} s -> {big:.2f} s while the data steps went {small_data:.2f} s -> {big_data:.2f} s")
+    assert report["files"]["total_bytes_processed"] > 80 * 1024 * 1024
+    assert big_data > small_data + 1.0
+    assert big - small < 1.0 + 0.15 * (big_data - small_data)
