@@ -14,7 +14,7 @@ from celery import Celery
 from celery import signals as celery_signals
 
 import beat_schedule
-from worker.runtime import security, signals  # noqa: F401 (signals: connects the worker's handlers)
+from worker.runtime import control, security, signals  # noqa: F401 (connect handlers, register commands)
 from worker.settings import broker_urls, read
 
 # One module per public task; the list is fixed (the worker registers exactly these).
@@ -25,7 +25,8 @@ TASK_MODULES = ["tasks.backup", "tasks.backup_steps", "tasks.restore", "tasks.re
 def make_app(env=None) -> Celery:
     env = os.environ if env is None else env
     broker, backend = broker_urls(env)
-    app = Celery("taiga_backup", broker=broker, backend=backend, include=TASK_MODULES)
+    app = Celery("taiga_backup", broker=broker, backend=backend, include=TASK_MODULES,
+                 task_cls="worker.runtime.security:CheckedTask")
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

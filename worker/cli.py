@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -230,6 +231,24 @@ def cmd_ping(args) -> int:
     return EXIT_OK
 
 
+def cmd_alive(args) -> int:
+    """The liveness probe: the running worker touches LIVENESS_FILE every few seconds. Asks
+    nothing of Redis, so a Redis outage never gets a pod restarted in the middle of a job (the
+    readiness probe, `ping --self-only`, does ask the broker)."""
+    path = read("LIVENESS_FILE")
+    try:
+        age = time.time() - os.stat(path).st_mtime
+    except OSError:
+        print(f"taiga-backup: no worker heartbeat at {path}", file=sys.stderr)
+        return EXIT_FAILED
+    if age > args.max_age:
+        print(f"taiga-backup: the worker's last heartbeat is {age:.0f}s old (more than {args.max_age:.0f}s)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"alive ({age:.0f}s ago)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taiga-backup", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -279,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", default=read("LOG_LEVEL"))
     w.add_argument("--schedule-file", default=read("BEAT_SCHEDULE_FILE"))
     w.set_defaults(func=cmd_worker)
+
+    a = sub.add_parser("alive", help="exit 0 when this host's worker process is running (liveness; no Redis)")
+    a.add_argument("--max-age", type=float, default=60.0, help="seconds since the worker's last heartbeat")
+    a.set_defaults(func=cmd_alive)
 
     p = sub.add_parser("ping", help="exit 0 when a worker answers (health checks)")
     p.add_argument("--timeout", type=float, default=5.0)

@@ -80,28 +80,26 @@ def _text(name, raw):
     return raw
 
 
-def _integer(minimum: int = 0) -> Parser:
+def _numeric(kind: type, minimum) -> Parser:
+    noun = "an integer" if kind is int else "a number"
+
     def parse(name, raw):
         try:
-            value = int(raw)
+            value = kind(raw)
         except ValueError:
-            raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+            raise SettingsError(f"{name}: expected {noun}, got {raw!r}") from None
         if value < minimum:
             raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
         return value
     return parse
+
+
+def _integer(minimum: int = 0) -> Parser:
+    return _numeric(int, minimum)
 
 
 def _number(minimum: float = 0.0) -> Parser:
-    def parse(name, raw):
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
-        if value < minimum:
-            raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
-        return value
-    return parse
+    return _numeric(float, minimum)
 
 
 def _boolean(name, raw):
@@ -262,6 +260,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CELERY_SECURITY_CERT_STORE", None, None, _text,
             "trusted signers' certificates (a file, a directory or a glob); message signing is on when "
             "the three CELERY_SECURITY_* are set"),
+    Setting("SIGNED_REQUEST_TTL", None, "21600", _number(60),
+            "with signing: seconds a signed request stays valid; each is run at most once within it"),
     # -- repositories --------------------------------------------------------------------------
     Setting("RESTIC_REPOSITORY", "restic_repository", None, _text,
             "base URL of the repositories; `files` and `pg-database` live below it", required=True,
@@ -319,6 +319,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RESTORE_TIMEOUT", "restore_timeout", "21600", _number(1),
             "seconds for each long restore, check or drill step"),
     Setting("DISCARD_TIMEOUT", "discard_timeout", "600", _number(1), "seconds to forget a failed backup's snapshots"),
+    Setting("PRUNE_TIMEOUT", "prune_timeout", "14400", _number(1),
+            "seconds for forget --prune of each repository (large ones prune for hours)"),
     Setting("JOB_LOCK_LEASE", "lock_lease_seconds", "30", _integer(5),
             "seconds of the one-job-per-repository lease (renewed while the job runs)"),
     Setting("RESTIC_LOCK_WAIT", "restic_lock_wait", "120", _number(), "seconds to wait for someone else's restic lock"),
@@ -339,6 +341,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_FORMAT", "log_format", "text", _choice("text", "json"), "text, or one JSON object per line"),
     Setting("LOG_LEVEL", None, "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "the worker's log level"),
     Setting("BEAT_SCHEDULE_FILE", None, "/tmp/taiga-backup-beat", _text, "where embedded beat keeps its state"),
+    Setting("LIVENESS_FILE", None, "/tmp/taiga-backup-alive", _text,
+            "touched by the running worker every few seconds; `taiga-backup alive` (the liveness probe) reads it"),
 )
 BY_ENV = {s.env: s for s in SETTINGS}
 TLS_FILES = ("CELERY_REDIS_CA_FILE", "CELERY_REDIS_CERT_FILE", "CELERY_REDIS_KEY_FILE")
@@ -465,6 +469,7 @@ class Settings:
     files_timeout: float
     restore_timeout: float
     discard_timeout: float
+    prune_timeout: float
     lock_lease_seconds: int
     restic_lock_wait: float
     check_subset_parts: int
