@@ -127,6 +127,7 @@ def reconcile(self, **_ignored):
             try:
                 kube = steps.kube_for(Job("reconcile", settings))
                 result.update(resume_abandoned(settings, kube, names))
+                steps.refresh_quiesced(kube, names)
             except Exception as exc:  # still settle the interrupted jobs; fail afterwards
                 failure = exc
         for raw, active in lock.interrupted():

@@ -229,6 +229,19 @@ def test_flower_env_is_settings_plus_its_basic_auth(helms):
     assert "secretKeyRef" in auth["valueFrom"]  # from a Secret, never a literal in the manifest
 
 
+def test_flower_gets_no_key_the_worker_trusts(helms):
+    """With signing on, the worker mounts its key; Flower (monitoring only: events and results)
+    gets none, so whatever its API would apply is unsigned and dropped by the worker."""
+    values = {**MATRIX["message-signing"], "flower": {"enabled": True, "basicAuth": {"credentials": "a:b"}}}
+    objects = render(helms["4"], values)
+    _, worker = worker_container(objects)
+    assert {"CELERY_SECURITY_KEY_FILE", "CELERY_SECURITY_CERT_FILE"} <= {e["name"] for e in worker["env"]}
+    flower = one(objects, "Deployment", f"{FULLNAME}-flower")["spec"]["template"]["spec"]
+    (container,) = flower["containers"]
+    assert not [e["name"] for e in container["env"] if e["name"].startswith("CELERY_SECURITY_")]
+    assert "celery-signing" not in {v["name"] for v in flower["volumes"]}
+
+
 # -- RBAC: exactly what the code calls --------------------------------------------------------------
 
 

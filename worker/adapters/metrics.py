@@ -36,6 +36,11 @@ FILES = Gauge("taiga_backup_last_backup_files", "Media files of the last success
               ["change"])
 DOWNTIME = Gauge("taiga_backup_last_backup_downtime_seconds", "How long the app was down for the last successful backup")
 SNAPSHOTS = Gauge("taiga_backup_snapshots", "Snapshots in each repository", ["repository"])
+QUIESCED = Gauge("taiga_backup_deployment_quiesced",
+                 "1 while the Deployment carries taiga-backup's quiesce annotation (scaled down by a job)",
+                 ["deployment"])
+REPOSITORY_SIZE = Gauge("taiga_backup_repository_size_bytes",
+                        "Bytes of data stored in each repository (restic stats --mode raw-data)", ["repository"])
 
 SNAPSHOT_CHANGING_JOBS = ("backup", "prune", "restore")
 STATES = ("success", "failure")
@@ -107,8 +112,17 @@ def count_snapshots_soon() -> None:
 
 def _count_snapshots() -> None:
     with _count_lock:  # one count at a time; a queued one sees the newest state
-        for name, count in (_counter[0]() if _counter else {}).items():
-            SNAPSHOTS.labels(name).set(count)
+        for name, facts in (_counter[0]() if _counter else {}).items():
+            if facts.get("snapshots") is not None:
+                SNAPSHOTS.labels(name).set(facts["snapshots"])
+            if facts.get("size_bytes") is not None:
+                REPOSITORY_SIZE.labels(name).set(facts["size_bytes"])
+
+
+def quiesced(deployments: dict[str, bool]) -> None:
+    """Which deployments a job has scaled down right now (an alert fires if one stays so)."""
+    for name, down in deployments.items():
+        QUIESCED.labels(name).set(1 if down else 0)
 
 
 def seed_from_redis(settings) -> int:
@@ -132,7 +146,8 @@ def seed_from_redis(settings) -> int:
 
 def serve(settings, count_snapshots: Callable[[], dict]) -> bool:
     """Starts the exporter once per process; a busy port is logged, never fatal to the worker.
-    `count_snapshots` returns {repository: snapshots} (it lives with the repository layout)."""
+    `count_snapshots` returns {repository: {"snapshots": n, "size_bytes": n}} (it lives with the
+    repository layout)."""
     if settings.metrics_port == 0 or _serving.is_set():
         return False
     try:

@@ -30,16 +30,16 @@ def job_finished(settings, report: dict) -> None:
     _each((metrics.job_finished, report), (notify.job_finished, settings, report))
 
 
-def snapshot_counts(settings) -> dict[str, int]:
-    """Snapshots in each repository, for the metrics; a repository that cannot be read is left
-    out (and logged), one that does not exist yet counts 0 (the first backup makes it)."""
-    counts = {}
+def repository_facts(settings) -> dict[str, dict]:
+    """Snapshots and stored bytes of each repository, for the metrics; what cannot be read is left
+    out (and logged), a repository that does not exist yet counts 0 (the first backup makes it)."""
+    facts: dict[str, dict] = {}
     for name, repo in layout.both(settings).items():
         try:
-            counts[name] = len(repo.snapshots())
+            facts[name] = {"snapshots": len(repo.snapshots()), "size_bytes": repo.stored_bytes()}
         except Exception as exc:
             if getattr(exc, "kind", None) == "no-repository":
-                counts[name] = 0
+                facts[name] = {"snapshots": 0, "size_bytes": 0}
             else:
-                log.warning("metrics: could not count the snapshots of %s: %s", name, exc)
-    return counts
+                log.warning("metrics: could not read the repository %s: %s", name, exc)
+    return facts

@@ -8,14 +8,17 @@ before it.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 
-from worker.adapters import postgres
+from worker.adapters import metrics, postgres
 from worker.adapters.kube import Kube
 from worker.adapters.process import ProcessError
 from worker.adapters.restic import ResticError
 from worker.backups import layout, media
 from worker.jobs.job import Job
+
+log = logging.getLogger("taiga_backup.steps")
 
 
 def backup_tags(job: Job) -> list[str]:
@@ -33,6 +36,7 @@ def quiesce(job: Job, kube: Kube | None, names: list[str]) -> dict:
         if not names or kube is None:
             entry["skipped"] = "no deployments configured"
             return {}
+        metrics.quiesced({name: True for name in names})  # annotated as each is scaled down
         recorded = kube.quiesce(names, job.settings.quiesce_timeout, job.task_id,
                                 on_progress=lambda msg: job.progress("quiesce", None, msg))
         entry["deployments"] = recorded
@@ -47,12 +51,25 @@ def resume(job: Job, kube: Kube | None, names: list[str]) -> dict:
             if not names or kube is None:
                 entry["skipped"] = "no deployments configured"
                 return {}
-            restored = kube.resume(names, job.settings.resume_timeout,
-                                   on_progress=lambda msg: job.progress("resume", None, msg))
+            try:
+                restored = kube.resume(names, job.settings.resume_timeout,
+                                       on_progress=lambda msg: job.progress("resume", None, msg))
+            finally:
+                refresh_quiesced(kube, names)
             entry["deployments"] = restored
             return restored
     except Exception:
         return {}
+
+
+def refresh_quiesced(kube: Kube, names: list[str]) -> None:
+    """The quiesced-deployments metric, from the annotations themselves (best effort: a metric
+    never fails a step)."""
+    try:
+        down = kube.recorded(names)
+        metrics.quiesced({name: name in down for name in names})
+    except Exception as exc:
+        log.warning("could not refresh the quiesced-deployments metric: %s", exc)
 
 
 def dump_db(job: Job, db_size: int, dbname: str | None = None, snapshot: str | None = None,

@@ -80,7 +80,7 @@ def _serve_metrics(**_):
     """Once the worker's logging is set up and before it connects to the broker."""
     settings = _settings()
     if settings is not None:
-        metrics.serve(settings, lambda: hooks.snapshot_counts(settings))
+        metrics.serve(settings, lambda: hooks.repository_facts(settings))
 
 
 def _queue_reconcile(app) -> None:

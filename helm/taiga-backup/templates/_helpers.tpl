@@ -122,7 +122,9 @@ Consistency checks that the schema cannot express; included by deployment.yaml.
 {{- end }}
 
 {{/*
-Connection to the broker, shared by the worker and Flower: environment...
+Connection to the broker, shared by the worker and Flower: environment... (message signing is the
+worker's alone: taiga-backup.signing*; Flower gets no key the worker trusts, so a login to Flower
+cannot queue a job)
 */}}
 {{- define "taiga-backup.celeryEnv" -}}
 - name: CELERY_BROKER_URL_FILE
@@ -134,14 +136,6 @@ Connection to the broker, shared by the worker and Flower: environment...
   value: /var/run/secrets/redis-tls/tls.crt
 - name: CELERY_REDIS_KEY_FILE
   value: /var/run/secrets/redis-tls/tls.key
-{{- end }}
-{{- if .Values.signing.existingSecret }}
-- name: CELERY_SECURITY_KEY_FILE
-  value: /var/run/secrets/celery-signing/tls.key
-- name: CELERY_SECURITY_CERT_FILE
-  value: /var/run/secrets/celery-signing/tls.crt
-- name: CELERY_SECURITY_CERT_STORE
-  value: /var/run/secrets/celery-signing/tls.crt
 {{- end }}
 - name: LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
@@ -159,12 +153,6 @@ Connection to the broker, shared by the worker and Flower: environment...
 - name: redis-tls
   secret:
     secretName: {{ .Values.redis.tlsSecret }}
-    defaultMode: 0444
-{{- end }}
-{{- if .Values.signing.existingSecret }}
-- name: celery-signing
-  secret:
-    secretName: {{ .Values.signing.existingSecret }}
     defaultMode: 0444
 {{- end }}
 - name: tmp
@@ -189,15 +177,41 @@ and /var/cache/taiga-backup (XDG_CACHE_HOME: restic's cache) are the image's wri
   mountPath: /var/run/secrets/redis-tls
   readOnly: true
 {{- end }}
-{{- if .Values.signing.existingSecret }}
-- name: celery-signing
-  mountPath: /var/run/secrets/celery-signing
-  readOnly: true
-{{- end }}
 - name: tmp
   mountPath: /tmp
 - name: state
   mountPath: /var/lib/taiga-backup
 - name: cache
   mountPath: /var/cache/taiga-backup
+{{- end }}
+
+{{/*
+Message signing, for the worker only: environment, volume and mount.
+*/}}
+{{- define "taiga-backup.signingEnv" -}}
+{{- if .Values.signing.existingSecret }}
+- name: CELERY_SECURITY_KEY_FILE
+  value: /var/run/secrets/celery-signing/tls.key
+- name: CELERY_SECURITY_CERT_FILE
+  value: /var/run/secrets/celery-signing/tls.crt
+- name: CELERY_SECURITY_CERT_STORE
+  value: /var/run/secrets/celery-signing/tls.crt
+{{- end }}
+{{- end }}
+
+{{- define "taiga-backup.signingVolume" -}}
+{{- if .Values.signing.existingSecret }}
+- name: celery-signing
+  secret:
+    secretName: {{ .Values.signing.existingSecret }}
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+
+{{- define "taiga-backup.signingVolumeMount" -}}
+{{- if .Values.signing.existingSecret }}
+- name: celery-signing
+  mountPath: /var/run/secrets/celery-signing
+  readOnly: true
+{{- end }}
 {{- end }}
