@@ -8,6 +8,7 @@ they are never in argv.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -311,12 +312,28 @@ class Repository:
         return self._full_id(summary, deadline) if full_id else summary
 
     def full_ids(self, short_ids: list[str], timeout: float = 120) -> dict[str, str]:
-        """{short id: full id} for several snapshots in one restic run (one key derivation)."""
-        wanted = [s for s in short_ids if s]
-        if not wanted:
-            return {}
-        docs = json.loads(self.run("snapshots", "--json", "--no-lock", *wanted, timeout=timeout).stdout or b"[]")
-        return {short: doc["id"] for short in wanted for doc in docs or [] if doc["id"].startswith(short)}
+        """{short id: full id}. A snapshot this host just saved is in restic's local cache, which
+        mirrors the repository's layout (`<cache>/<repository id>/snapshots/<2 hex>/<full id>`):
+        found there without a restic run (a key derivation). Others: one restic run for all."""
+        found = {short: full for short in short_ids if short and (full := self._cached_snapshot(short))}
+        wanted = [s for s in short_ids if s and s not in found]
+        if wanted:
+            docs = json.loads(self.run("snapshots", "--json", "--no-lock", *wanted, timeout=timeout).stdout or b"[]")
+            found.update({short: doc["id"] for short in wanted for doc in docs or [] if doc["id"].startswith(short)})
+        return found
+
+    def _cached_snapshot(self, short: str) -> str | None:
+        if not re.fullmatch(r"[0-9a-f]{8,64}", short):
+            return None
+        root = self._cache_dir or os.path.join(os.environ.get("HOME", "/nonexistent"), ".cache", "restic")
+        names = {os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(root), "*", "snapshots", short[:2],
+                                                                     short + "*"))}
+        return names.pop() if len(names) == 1 and len(next(iter(names))) == 64 else None
+
+    def forget_tagged(self, tag: str, timeout: float = 600) -> None:
+        """Forgets every snapshot carrying `tag`, in one restic run: a policy that keeps only
+        snapshots with a tag none of them has."""
+        self.run("forget", "--tag", tag, "--keep-tag", tag + "-never-set", timeout=timeout)
 
     def _full_id(self, summary: BackupSummary, deadline: float | None = None) -> BackupSummary:
         """restic 0.14 reports the short id; results and tags always carry the full one. Looked up
@@ -391,3 +408,8 @@ class Repository:
         result = process.run(["restic", *args], env=self.env(), what=f"restic {args[0]} ({self.name})",
                              timeout=timeout, on_line=on_line, keep_stdout=False)
         return _raise(result)
+
+    def stored_bytes(self, timeout: float = 600) -> int:
+        """Bytes of data the repository stores (`restic stats --mode raw-data`), read without a lock."""
+        doc = json.loads(self.run("stats", "--mode", "raw-data", "--json", "--no-lock", timeout=timeout).stdout or b"{}")
+        return int(doc.get("total_size") or 0)

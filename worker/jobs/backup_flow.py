@@ -249,23 +249,19 @@ def _wait_for_dump(job: Job, ctx: dict) -> None:
 
 
 def _tidy_files(job: Job, results: dict) -> None:
-    """The quiesced pass's full id for the report (restic 0.14 prints short ones) and every media
-    pre-pass forgotten - this job's, and any a crashed job left: they were only parents. One
-    listing and one forget, while the dump still streams. A pre-pass left behind is logged, not
-    a failure (the next backup forgets it)."""
-    timeout = job.settings.discard_timeout
+    """The quiesced pass's full id for the report (restic 0.14 prints short ones; the local cache
+    has it) and every media pre-pass forgotten - this job's, and any a crashed job left: they
+    were only parents - in one restic run, while the dump still streams. A pre-pass left behind
+    is logged, not a failure (the next backup forgets it)."""
     repo = layout.repository(job.settings, layout.FILES)
-    docs = repo.snapshots(timeout=timeout)
     if layout.FILES in results:
         short = results[layout.FILES]["snapshot_id"]
-        results[layout.FILES]["snapshot_id"] = next((d["id"] for d in docs if d["id"].startswith(short)), short)
-    stale = [d["id"] for d in docs if catalog.PREPASS_TAG in (d.get("tags") or [])]
+        results[layout.FILES]["snapshot_id"] = repo.full_ids([short], timeout=job.settings.discard_timeout).get(short, short)
     try:
-        repo.forget(*stale, timeout=timeout)
-        if stale:
-            job.report["prepass_forgotten"] = stale
+        repo.forget_tagged(catalog.PREPASS_TAG, timeout=job.settings.discard_timeout)
+        job.report["prepass_forgotten"] = True
     except Exception as exc:
-        log.warning("could not forget the media pre-pass snapshot(s) %s: %s", stale, exc)
+        log.warning("could not forget the media pre-pass snapshot(s): %s", exc)
 
 
 def _tidy_database(job: Job, results: dict) -> None:
@@ -304,7 +300,7 @@ def finish(job: Job, ctx: dict) -> dict:
         report["not_back"] = resume_error
     elif job.errors and not ctx.get("lost"):
         made = {name: [r["snapshot_id"]] for name, r in results.items()}
-        if ctx.get("prepass") and not any(i.startswith(ctx["prepass"]) for i in job.report.get("prepass_forgotten", [])):
+        if ctx.get("prepass") and not job.report.get("prepass_forgotten"):
             made.setdefault(layout.FILES, []).append(ctx["prepass"])
         steps.discard(job, made)
     job.report.update(report)
