@@ -244,7 +244,7 @@ def test_the_dump_is_the_database_at_the_quiesced_point_though_the_app_is_back(r
 @pytest.mark.slow
 def test_downtime_does_not_grow_with_the_data(repos, start_worker, celery_client, record_property):
     """The same backup at two sizes (the second with ~20x the data): the data steps take longer,
-    the app's downtime does not."""
+    the app's downtime does not (it may grow by at most 0.15 s per second the data steps grow)."""
     site = repos
     start_worker()
 
@@ -268,5 +268,5 @@ def test_downtime_does_not_grow_with_the_data(repos, start_worker, celery_client
     record_property("downtime_small_big", [small, big])
     print(f"\ndowntime {small:.2f} s -> {big:.2f} s while the data steps went {small_data:.2f} s -> {big_data:.2f} s")
     assert report["files"]["total_bytes_processed"] > 80 * 1024 * 1024
-    assert big_data > small_data + 1.0
+    assert big_data > 1.4 * small_data
     assert big - small < 1.0 + 0.15 * (big_data - small_data)
