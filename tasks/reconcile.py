@@ -52,7 +52,8 @@ def settle_backup(settings, active: dict) -> tuple[Job, str]:
     tagged = {name: repo.snapshots(tag=catalog.ID_TAG + backup_id) for name, repo in repos.items()}
     pair = next((b for b in catalog.pair(tagged[layout.FILES], tagged[layout.DATABASE]) if b.id == backup_id), None)
     keep = set(pair.snapshot_ids().values()) if pair is not None and pair.complete else set()
-    for name, snaps in tagged.items():
+    prepasses = repos[layout.FILES].snapshots(tag=catalog.PREPASS_OF_TAG + backup_id)  # never a backup
+    for name, snaps in {**tagged, layout.FILES: tagged[layout.FILES] + prepasses}.items():
         for snapshot in snaps:
             if snapshot["id"] not in keep:
                 steps.discard(job, {name: snapshot["id"]})

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from tasks.reconcile import settle_backup
 from testkit.faults import snapshot_ids
-from testkit.scenarios import run_backup
+from testkit.scenarios import run_backup, snapshots
 
 
 def test_a_complete_backup_of_a_dead_job_is_kept_and_a_half_one_forgotten(repos):
     site = repos
     complete, half, other = run_backup(), run_backup(), run_backup()
     site.restic("pg-database", "forget", half["snapshots"]["pg-database"])  # died before its dump was saved
+    site.restic("files", "backup", "--tag", f"taiga-backup-prepass,prepass-of={half['backup_id']}", str(site.media))
+    prepass = [s for s in snapshots(site, "files") if f"prepass-of={half['backup_id']}" in (s.get("tags") or [])]
+    assert len(prepass) == 1
     settings = site.settings()
 
     job, outcome = settle_backup(settings, {"kind": "backup", "backup_id": complete["backup_id"]})
@@ -22,6 +25,7 @@ def test_a_complete_backup_of_a_dead_job_is_kept_and_a_half_one_forgotten(repos)
     job, outcome = settle_backup(settings, {"kind": "backup", "backup_id": half["backup_id"]})
     assert "discarded" in outcome and not job.errors
     assert half["snapshots"]["files"] not in snapshot_ids(site, "files")
+    assert prepass[0]["id"] not in snapshot_ids(site, "files")  # its media pre-pass too
 
     for good in (complete, other):  # never another job's snapshots
         assert good["snapshots"]["files"] in snapshot_ids(site, "files")

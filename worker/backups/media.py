@@ -34,16 +34,14 @@ KEPT_PREFIX = ".taiga-backup-before-"
 JOURNAL = ".taiga-backup-switch.json"
 MARKER = ".taiga-backup-media"
 OURS = (PREFIX, KEPT_PREFIX, JOURNAL, MARKER)
-# Staging areas (and a crashed restore's leftovers) must never end up in a backup. Unanchored,
-# kept only for callers that do not pass the directory yet: prefer backup_excludes(files_dir).
-BACKUP_EXCLUDES = (PREFIX + "*",)
 SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt", "/proc", "/root",
                "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/usr/local")
 _GLOB = re.compile(r"([*?\\[])")
 
 
 def backup_excludes(files_dir: str) -> tuple[str, ...]:
-    """The staging-area exclude anchored to the media root: restic 0.14 matches a pattern that
+    """Staging areas (and a crashed restore's leftovers) must never end up in a backup: the
+    exclude is anchored to the media root - restic 0.14 matches a pattern that
     starts with `/` against the absolute path, also for `restic backup .` (checked against a real
     restic), so a user's upload named like our staging area deeper down is still backed up."""
     root = _GLOB.sub(r"\\\1", os.path.realpath(files_dir).rstrip("/"))

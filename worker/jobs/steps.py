@@ -110,7 +110,8 @@ def restic_backup(job: Job, files_dir: str | None = None, *, step: str = "restic
 
         def attempt():
             return repo.backup_dir(files_dir or settings.files_dir, tags or backup_tags(job), on_status=on_status,
-                                   timeout=settings.files_timeout, excludes=media.BACKUP_EXCLUDES, parent=parent,
+                                   timeout=settings.files_timeout, parent=parent,
+                                   excludes=media.backup_excludes(files_dir or settings.files_dir),
                                    full_id=full_id, flags=layout.BACKUP_FLAGS[layout.FILES])
 
         try:
