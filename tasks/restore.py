@@ -135,9 +135,12 @@ def safety_backup(job: Job, target: databases.Target, backups: list, rid: str) -
             return None
         child = Job("backup", job.settings)
         child.report.update(backup_id=unique_backup_id({b.id for b in backups}), trigger=selection.PRE_RESTORE)
+        # the kept media are the live media of a moment ago, renamed: the newest media snapshot is
+        # their parent, and restic reads only files whose metadata changed
+        parent = next((b.files["id"] for b in reversed(backups) if b.files), None)
         summary = steps.summarize(job.settings, steps.backup_quiesced(
             child, target.size_bytes, dbname=switch.before_db(job.settings, rid),
-            files_dir=switch.kept_dir(job.settings, rid)))
+            files_dir=switch.kept_dir(job.settings, rid), parent=parent))
         entry["steps"] = child.report["steps"]
         if child.errors:
             steps.discard(child, summary["snapshots"])

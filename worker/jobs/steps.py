@@ -129,13 +129,15 @@ def new_backup_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def backup_quiesced(job: Job, db_size: int, dbname: str | None = None, files_dir: str | None = None) -> dict:
+def backup_quiesced(job: Job, db_size: int, dbname: str | None = None, files_dir: str | None = None,
+                    parent: str | None = None) -> dict:
     """dump_db and restic_backup, with the app already down; their results by repository (a
     failed one is missing and recorded on the job). Shared with restore's safety backup, which
-    has quiesced a wider set of deployments itself. Tags come from job.report (backup_id, trigger)."""
+    has quiesced a wider set of deployments itself. Tags come from job.report (backup_id, trigger).
+    `parent`: a media snapshot of (nearly) the same files, so restic reads only what changed."""
     work = {
         layout.DATABASE: lambda: dump_db(job, db_size, dbname),
-        layout.FILES: lambda: restic_backup(job, files_dir),
+        layout.FILES: lambda: restic_backup(job, files_dir, parent=parent),
     }
     if job.settings.parallel_backup:
         return job.in_parallel(work)
