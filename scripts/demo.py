@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from testkit import dataset  # noqa: E402
+from testkit.restore_checks import live_files  # noqa: E402
+from worker.backups.media import MARKER  # noqa: E402
 from testkit.k8s_double import KubeApiDouble  # noqa: E402
 from testkit.servers import PostgresCluster, RedisServer  # noqa: E402
 
@@ -69,6 +71,7 @@ def main() -> int:
         say(f"generating Taiga-like sample data (scale {args.scale})")
         dataset.create_schema(conninfo)
         stats = dataset.populate(conninfo, str(media), scale=args.scale)
+        (media / MARKER).touch()  # a restore replaces only a directory marked (or mounted) as Taiga's media
         print(f"   {sum(stats['db_rows'].values())} rows, {stats['media_files']} media files, "
               f"{stats['media_bytes'] / 1e6:.1f} MB of media")
 
@@ -93,7 +96,7 @@ def main() -> int:
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise SystemExit("demo: the worker did not start:\n" + (work / "worker.log").read_text()[-3000:])
 
-        before_db, before_files = dataset.table_checksums(conninfo), dataset.tree_digest(str(media))
+        before_db, before_files = dataset.table_checksums(conninfo), live_files(media)
 
         say("taiga-backup backup --wait --json")
         backup = cli(env, "backup", "--wait", "--json")["result"]
@@ -108,15 +111,16 @@ def main() -> int:
 
         say(f"taiga-backup restore --snapshot {backup['backup_id']} --wait --json")
         restore = cli(env, "restore", "--snapshot", backup["backup_id"], "--wait", "--json")["result"]
-        print(json.dumps({k: restore.get(k) for k in ("backup_id", "safety_backup", "database", "files",
+        print(json.dumps({k: restore.get(k) for k in ("backup_id", "safety_backup", "database", "files", "kept",
                                                        "downtime_seconds", "duration_seconds")}, indent=2))
 
         say("checking the round trip")
         same_db = dataset.table_checksums(conninfo) == before_db
-        same_files = dataset.tree_digest(str(media)) == before_files
+        same_files = live_files(media) == before_files
         replicas = {name: kube.replicas("taiga", name) for name in DEPLOYMENTS}
         print(f"   database identical to the backup: {same_db}")
-        print(f"   media identical to the backup:    {same_files}")
+        print(f"   media identical to the backup:    {same_files} (the replaced media are kept in "
+              f"{restore['kept']['files_dir'] if restore.get('kept') else '-'}, for undo-restore)")
         print(f"   deployments back at their counts: {replicas == DEPLOYMENTS} {replicas}")
         if not (same_db and same_files and replicas == DEPLOYMENTS):
             raise SystemExit("demo: round trip FAILED")
