@@ -4,6 +4,7 @@ real worker processes killed with all their children, and the real Redis restart
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from celery.result import AsyncResult
@@ -79,3 +80,34 @@ def test_a_redis_restart_in_the_middle_of_a_job_does_not_bring_the_app_up_under_
     result = AsyncResult(task.id, app=celery_client)
     wait_until(lambda: result.state in ("SUCCESS", "FAILURE"), 180, "the backup to end", interval=0.5)
     assert app_back(site)
+
+
+@pytest.mark.slow
+def test_liveness_does_not_ask_redis(repos, start_worker, tmp_path):
+    """`taiga-backup alive` (the liveness probe) passes while Redis is down - a Redis outage must
+    not get the pod restarted in the middle of a job - and fails once the worker is gone."""
+    import subprocess
+    import sys
+
+    from testkit.site import ROOT
+
+    site = repos
+    alive_file = tmp_path / "alive"
+    worker = start_worker(LIVENESS_FILE=str(alive_file))
+    env = {**site.env, "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+           "LIVENESS_FILE": str(alive_file)}
+
+    def alive(max_age="60"):
+        return subprocess.run([sys.executable, "-m", "worker.cli", "alive", "--max-age", max_age], env=env,
+                              cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+
+    wait_until(lambda: alive_file.exists(), 30, "the worker's liveness file")
+    site.redis_server.stop()
+    try:
+        touched = alive_file.stat().st_mtime
+        wait_until(lambda: alive_file.stat().st_mtime > touched, 30, "the worker to touch it with Redis down")
+        assert alive().returncode == 0
+    finally:
+        site.redis_server.start()
+    worker.kill()
+    wait_until(lambda: alive(max_age="6").returncode != 0, 30, "liveness to fail once the worker is gone")
