@@ -1,5 +1,5 @@
 """`taiga_backup.backup`: takes the job's lease and replaces itself with the chain
-prepare -> media_prepass -> quiesce -> restic_backup -> dump_db -> resume -> finish.
+prepare -> media_prepass -> quiesce -> dump_db -> restic_backup -> resume -> finish.
 
 Replacing (Task.replace) gives the chain's last link this task's id, so whoever sent the backup
 (`taiga-backup backup --wait`, `status`, a chat-ops bot) reads the final report from the same

@@ -1,6 +1,6 @@
 """The links of the backup chain, one Celery task per step, so Flower shows each with its state
 and runtime under the backup's root id: `taiga_backup.prepare`, `.media_prepass`, `.quiesce`,
-`.restic_backup`, `.dump_db`, (`.resume`, the operator's task, in tasks/resume.py), `.finish`,
+`.dump_db`, `.restic_backup`, (`.resume`, the operator's task, in tasks/resume.py), `.finish`,
 and `.backup_failed`, the chain's errback.
 
 Each takes the chain context as its only argument and passes it on (worker.jobs.backup_flow

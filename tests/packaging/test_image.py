@@ -195,13 +195,15 @@ def test_image_is_lean_and_runs_as_999(podman, image):
     probe = podman("run", "--rm", "--network", "host", "--read-only", "--no-healthcheck", image, "sh", "-c",
                    "id -u; id -g; for t in gcc cc make pip pip3 git curl; do command -v $t; done;"
                    " ls /src /tests /opt/venv/lib/python3*/site-packages/tests 2>/dev/null; restic version;"
-                   " pg_dump --version; test -w / && echo root-writable; exit 0")
+                   " pg_dump --version; nice -n 10 true && echo nice-works;"  # the background dump is niced
+                   " test -w / && echo root-writable; exit 0")
     lines = probe.stdout.split("\n")
     assert lines[:2] == ["999", "999"], probe.stdout
     assert "root-writable" not in probe.stdout
     tools = [line for line in lines[2:] if line.startswith("/")]
     assert tools == [], f"build tools or sources left in the image: {tools}"
     assert re.search(r"^restic \d+\.\d+", probe.stdout, re.M) and "pg_dump (PostgreSQL)" in probe.stdout
+    assert "nice-works" in lines, probe.stdout
     packages = podman("run", "--rm", "--network", "host", "--no-healthcheck", image, "sh", "-c",
                       "ls /opt/venv/lib/python3*/site-packages").stdout.split()
     for unwanted in ("pytest", "moto", "fakeredis", "jsonschema", "bench", "testkit", "pip", "setuptools"):

@@ -17,10 +17,26 @@ from celery.result import AsyncResult
 from testkit import dataset
 from testkit.faults import ANNOTATION, app_at_zero, app_back, dump_blocked, snapshot_ids, wait_until
 from testkit.scenarios import hold_table_lock
-from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
+from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE, descendants
+from worker.jobs import backup_flow
 
-LINKS = ["taiga_backup.prepare", "taiga_backup.media_prepass", "taiga_backup.quiesce", "taiga_backup.restic_backup",
-         "taiga_backup.dump_db", "taiga_backup.resume", "taiga_backup.finish"]
+LINKS = ["taiga_backup.prepare", "taiga_backup.media_prepass", "taiga_backup.quiesce", "taiga_backup.dump_db",
+         "taiga_backup.restic_backup", "taiga_backup.resume", "taiga_backup.finish"]
+
+
+def niceness(worker, comm: str) -> list[int]:
+    """The nice values of the worker's descendants named `comm` (field 19 of /proc/<pid>/stat)."""
+    found = []
+    for pid in descendants(worker.proc.pid):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if name == comm:
+            found.append(int(rest[16]))
+    return found
 
 
 def links_of(app, task_id: str) -> list[dict]:
@@ -212,15 +228,18 @@ def test_the_worker_killed_while_the_app_is_down_fails_the_job_and_the_app_comes
 def test_the_dump_is_the_database_at_the_quiesced_point_though_the_app_is_back(repos, start_worker,
                                                                              celery_client, tmp_path):
     """pg_dump is held on a table lock after it imported the snapshot: the app comes back, rows are
-    written, then the dump goes on - and has none of them."""
+    written, then the dump goes on - and has none of them. Meanwhile both ends of the dump's pipe
+    run niced."""
     site = repos
-    start_worker()
+    worker = start_worker()
     before = dataset.table_checksums(site.conninfo)
     lock = hold_table_lock(site)
     try:
         result = celery_client.send_task("taiga_backup.backup")
         wait_until(lambda: dump_blocked(site), 60, "pg_dump waiting on the table lock")
         wait_until(lambda: app_back(site), 60, "the app back while the dump waits")
+        # started beside the quiesced media pass, the dump runs at a lower priority (DUMP_NICE)
+        assert niceness(worker, "pg_dump") == niceness(worker, "restic") == [backup_flow.DUMP_NICE]
         assert AsyncResult(result.id, app=celery_client).state not in ("SUCCESS", "FAILURE")
         with psycopg.connect(site.conninfo, autocommit=True) as conn:
             conn.execute("update users_user set full_name = 'written after resume'")

@@ -117,11 +117,14 @@ def _wait_all(procs: list, deadline: float | None) -> bool:
     return timed_out
 
 
-def _popen(argv, env, cwd, stdin, stdout):
+def _popen(argv, env, cwd, stdin, stdout, nice: int | None = None):
+    """`nice`: started through nice(1), so every thread the child makes has the lower priority
+    (setpriority on a started child reaches only its first thread)."""
     if isinstance(argv, str):
         raise TypeError("argv must be a list, never a shell string")
+    argv = ["nice", "-n", str(int(nice)), *argv] if nice else list(argv)
     return subprocess.Popen(
-        list(argv), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+        argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
         start_new_session=True, close_fds=True,
     )
 
@@ -157,12 +160,12 @@ def run(
     return Completed(what, proc.returncode, b"".join(out), b"".join(err).decode("utf-8", "replace"), timed_out)
 
 
-def _start_two(producer, consumer, producer_env, consumer_env, cwd, *, direct: bool):
+def _start_two(producer, consumer, producer_env, consumer_env, cwd, *, direct: bool, nice: int | None = None):
     """Producer and consumer; the consumer reads the producer directly, or (direct=False) a pipe
     this process writes. A consumer that cannot start takes the producer down with it."""
-    p1 = _popen(producer, producer_env, cwd, subprocess.DEVNULL, subprocess.PIPE)
+    p1 = _popen(producer, producer_env, cwd, subprocess.DEVNULL, subprocess.PIPE, nice)
     try:
-        p2 = _popen(consumer, consumer_env, cwd, p1.stdout if direct else subprocess.PIPE, subprocess.PIPE)
+        p2 = _popen(consumer, consumer_env, cwd, p1.stdout if direct else subprocess.PIPE, subprocess.PIPE, nice)
     except BaseException:
         _kill_group(p1)
         p1.wait()
@@ -192,12 +195,14 @@ def pipe(
     timeout: float | None = None,
     on_consumer_line: Callable[[bytes], None] | None = None,
     keep_stdout: bool = True,
+    nice: int | None = None,
 ) -> tuple[Completed, Completed]:
     """producer | consumer without a shell. Returns both results; the caller decides what a
     failure of either end means (a consumer that succeeded on a truncated stream is the
-    dangerous case, so both are always reported)."""
+    dangerous case, so both are always reported). `nice`: both ends run at that lower priority
+    (work that must not slow something running beside it)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    p1, p2 = _start_two(producer, consumer, producer_env, consumer_env, cwd, direct=True)
+    p1, p2 = _start_two(producer, consumer, producer_env, consumer_env, cwd, direct=True, nice=nice)
     p1.stdout.close()  # only the consumer holds the read end now, so it sees EOF / the producer sees EPIPE
     err1, out2, err2 = [], [], []
     threads = [_drain(p1.stderr, err1), _drain(p2.stdout, out2, on_consumer_line, keep_stdout),

@@ -280,8 +280,8 @@ class Repository:
 
     def backup_pipe(self, producer: list[str], producer_env: dict, tags: list[str], *, filename="stdin",
                     on_status=None, timeout=None, producer_what=None, full_id: bool = True,
-                    flags: tuple[str, ...] = ()) -> BackupSummary:
-        """producer | restic backup --stdin, with no temporary file. A snapshot made from a stream
+                    flags: tuple[str, ...] = (), nice: int | None = None) -> BackupSummary:
+        """producer | restic backup --stdin, with no temporary file (`nice`: both ends niced). A snapshot made from a stream
         whose producer failed is removed again before the error is raised. When restic dies
         first, the producer fails too, on the closed pipe ("Broken pipe"): that says nothing,
         so restic's own error is the one raised."""
@@ -293,7 +293,7 @@ class Repository:
         prod, cons = process.pipe(producer, ["restic", *args], producer_env=producer_env,
                                   consumer_env=self.env(), producer_what=producer_what,
                                   consumer_what=f"restic backup --stdin ({self.name})", timeout=timeout,
-                                  on_consumer_line=lines, keep_stdout=False)
+                                  on_consumer_line=lines, keep_stdout=False, nice=nice)
         summary = BackupSummary.from_json(lines.summary) if lines.summary else None
         if prod.timed_out and (RETRYING.search(cons.stderr) or UNREACHABLE.search(cons.stderr)):
             # both were killed at the deadline: restic retrying an unreachable repository (for

@@ -1,13 +1,14 @@
 """The nightly backup as a sequence of steps, each a function of (job, ctx): prepare, media
-pre-pass, quiesce, restic_backup, dump_db, resume, finish.
+pre-pass, quiesce, dump_db, restic_backup, resume, finish.
 
 Why this shape: the app only has to be down while the media and the database are captured at
 one point. So the media is read once with the app up (the pre-pass), and quiesced a second
 `restic backup` with the pre-pass as parent reads only what changed; the database point is a
-snapshot exported while quiesced (postgres.ExportedSnapshot, after the quiesced media pass, so
-that pass has the CPU to itself) that `pg_dump --snapshot` streams into restic in the
-background while the app comes back. Only the quiesced pass and the dump are
-the backup; the pre-pass is forgotten by `finish`.
+snapshot exported as soon as the app is down (postgres.ExportedSnapshot) that `pg_dump
+--snapshot` streams into restic in the background - niced (DUMP_NICE), so the quiesced media
+pass beside it keeps the CPU and the downtime stays short, while the dump uses what that pass
+leaves and goes on while the app comes back. Only the quiesced pass and the dump are the
+backup; the pre-pass is forgotten by `finish`.
 
 Each step is a plain function so the Celery chain (tasks/backup_steps.py, one task per step)
 and the in-process run (take_backup: tests, and whoever needs a backup without the queue) run
@@ -58,6 +59,12 @@ HELD: dict[str, Held] = {}
 _held_lock = threading.Lock()
 # the job's lease in this process, renewed from one link to the next (JobLock.pause(grace))
 LEASES: dict[str, JobLock] = {}
+
+
+# the niceness of the background dump: it starts while the app is down, beside the quiesced media
+# pass, and must not lengthen it (docs/performance.md); once the app is back nothing else runs in
+# the pod, so the lower priority costs the dump nothing
+DUMP_NICE = 10
 
 
 def prepass_tags(job: Job) -> list[str]:
@@ -168,8 +175,9 @@ def quiesce(job: Job, ctx: dict) -> None:
 
 def dump_db(job: Job, ctx: dict) -> None:
     """Exports the database snapshot (the consistency point, taken while quiesced) and starts
-    `pg_dump --snapshot` | restic on it in the background; returns at once, so the app can come
-    back while the dump streams. With BACKUP_PARALLEL=false it waits for the dump here."""
+    `pg_dump --snapshot` | restic on it in the background, niced; returns at once, so the
+    quiesced media pass runs beside it and the app can come back while the dump streams. With
+    BACKUP_PARALLEL=false it waits for the dump here."""
     if _skip(job, ctx):
         return
     try:
@@ -185,7 +193,7 @@ def dump_db(job: Job, ctx: dict) -> None:
 
     def stream():
         try:
-            held.result = steps.dump_db(child, ctx["db_size"], snapshot=snapshot.id, full_id=False)
+            held.result = steps.dump_db(child, ctx["db_size"], snapshot=snapshot.id, full_id=False, nice=DUMP_NICE)
         except Exception:
             pass  # recorded on the child job
         finally:
@@ -313,7 +321,7 @@ def finish(job: Job, ctx: dict) -> dict:
 # operator's own `taiga_backup.resume`, which takes a chain context as its one argument)
 PREFIX = "taiga_backup."
 LINKS = {PREFIX + "prepare": prepare, PREFIX + "media_prepass": media_prepass, PREFIX + "quiesce": quiesce,
-         PREFIX + "restic_backup": restic_backup, PREFIX + "dump_db": dump_db, PREFIX + "resume": resume}
+         PREFIX + "dump_db": dump_db, PREFIX + "restic_backup": restic_backup, PREFIX + "resume": resume}
 FINISH = PREFIX + "finish"
 ABORT = PREFIX + "backup_failed"
 

@@ -16,6 +16,7 @@ from worker.adapters.kube import Kube
 from worker.adapters.process import ProcessError
 from worker.adapters.restic import ResticError
 from worker.backups import layout, media
+from worker.backups.database import pause_point
 from worker.jobs.job import Job
 
 log = logging.getLogger("taiga_backup.steps")
@@ -73,10 +74,11 @@ def refresh_quiesced(kube: Kube, names: list[str]) -> None:
 
 
 def dump_db(job: Job, db_size: int, dbname: str | None = None, snapshot: str | None = None,
-            full_id: bool = True) -> dict:
+            full_id: bool = True, nice: int | None = None) -> dict:
     """pg_dump streamed into `restic backup --stdin` (file name `stdin`, as the old procedure).
     `dbname`: another database than POSTGRES_DB (a restore's kept previous state). `snapshot`:
-    an exported snapshot to dump (postgres.ExportedSnapshot) instead of a fresh one."""
+    an exported snapshot to dump (postgres.ExportedSnapshot) instead of a fresh one. `nice`: the
+    dump runs beside work that must keep the CPU (the quiesced media pass)."""
     settings = job.settings
     repo = layout.repository(settings, layout.DATABASE)
     with job.step("dump_db") as entry:
@@ -87,23 +89,26 @@ def dump_db(job: Job, db_size: int, dbname: str | None = None, snapshot: str | N
         summary = repo.backup_pipe(postgres.dump_argv(settings, dbname=dbname, snapshot=snapshot),
                                    postgres.client_env(settings), backup_tags(job), on_status=on_status,
                                    timeout=settings.dump_timeout, producer_what="pg_dump", full_id=full_id,
-                                   flags=layout.BACKUP_FLAGS[layout.DATABASE])
+                                   flags=layout.BACKUP_FLAGS[layout.DATABASE], nice=nice)
         entry.update(snapshot_id=summary.snapshot_id, format=settings.pg_dump_format,
                      dump_bytes=summary.total_bytes_processed, data_added=summary.data_added)
         return summary.as_dict()
 
 
 def restic_backup(job: Job, files_dir: str | None = None, *, step: str = "restic_backup", tags: list[str] | None = None,
-                  parent: str | None = None, full_id: bool = True, make_ready=None) -> dict:
+                  parent: str | None = None, full_id: bool = True, make_ready=None, pause: str | None = None) -> dict:
     """The media directory, backed up as `.` from inside it (the old procedure's layout), so a
     snapshot of another directory (a restore's kept previous media) has the same paths.
     `parent`: a pre-pass made a moment ago with the app up, so this pass reads only what changed.
     `make_ready(repo, error)`: called when restic cannot open or lock the repository; True when
     it made it usable (created it, removed a dead worker's lock), and the backup is tried again -
-    so no separate restic run checks the repository first."""
+    so no separate restic run checks the repository first. `pause`: a test-only pause point
+    (database.pause_point) before restic starts."""
     settings = job.settings
     repo = layout.repository(settings, layout.FILES)
     with job.step(step) as entry:
+        if pause:
+            pause_point(pause)
         def on_status(doc):
             pct = float(doc.get("percent_done") or 0) * 100
             job.progress(step, pct, f"{doc.get('files_done', 0)} files, {doc.get('bytes_done', 0)} bytes")
@@ -130,14 +135,15 @@ def new_backup_id() -> str:
 
 
 def backup_quiesced(job: Job, db_size: int, dbname: str | None = None, files_dir: str | None = None,
-                    parent: str | None = None) -> dict:
+                    parent: str | None = None, pause: str | None = None) -> dict:
     """dump_db and restic_backup, with the app already down; their results by repository (a
     failed one is missing and recorded on the job). Shared with restore's safety backup, which
     has quiesced a wider set of deployments itself. Tags come from job.report (backup_id, trigger).
-    `parent`: a media snapshot of (nearly) the same files, so restic reads only what changed."""
+    `parent`: a media snapshot of (nearly) the same files, so restic reads only what changed.
+    `pause`: the media half's test-only pause point."""
     work = {
         layout.DATABASE: lambda: dump_db(job, db_size, dbname),
-        layout.FILES: lambda: restic_backup(job, files_dir, parent=parent),
+        layout.FILES: lambda: restic_backup(job, files_dir, parent=parent, pause=pause),
     }
     if job.settings.parallel_backup:
         return job.in_parallel(work)
