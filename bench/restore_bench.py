@@ -3,13 +3,19 @@
     python -m bench.restore_bench [--scales 1.0,0.25] [--repeat 1] [--out bench/out]
 
 Per scale, one throwaway PostgreSQL, Redis and Kubernetes API double (pods take 1 s to start and
-to stop, as in bench/run.py); a Taiga-like dataset (testkit.dataset); one taiga-backup backup;
-a day of changes. Then, in turn: the old procedure's restore (the operator scales the restore
-deployments down, runs the seed's commands, scales back up); taiga-backup's restore followed by
-undo-restore; the same restore without its safety backup (the old procedure makes none), undone
-again. Downtime (both) is taken from
-the API double's replica history: first scale to 0 -> last return to the original count. Every
-restore is checked: same rows, same bytes as the backup.
+to stop, as in bench/run.py); a Taiga-like dataset (testkit.dataset); one taiga-backup backup (the
+one every restore puts back); a day of changes. Then, in turn: the old procedure's restore (the
+operator scales the restore deployments down, runs the seed's commands, scales back up); a day
+of changes, a nightly backup and another day of changes - the live state a production restore
+replaces, whose media have a recent backup -; taiga-backup's restore of the first backup, by id,
+followed by undo-restore; the same restore without its safety backup (the old procedure makes
+none), undone again. Before each restore the server is settled as a production server at rest
+is: `VACUUM (ANALYZE)` (what autovacuum does after a load; else the first read of freshly loaded
+rows writes their hint bits) and `CHECKPOINT` (else one restore's load is still being written
+out during the next). Downtime (both) is taken from the API double's replica history: first
+scale to 0 -> last return to the original count. Every restore is checked: same rows, same bytes
+as the backup. The old procedure's commands are given the first backup's snapshot ids where the
+seed says `latest` (from the second round on, `latest` is a newer backup).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +46,15 @@ def live(site) -> dict:
     return {"db": dataset.table_checksums(site.conninfo), "files": live_files(site.media)}
 
 
+def settle(site) -> None:
+    """A server at rest before each measured restore (the module docstring says why)."""
+    import psycopg
+
+    with psycopg.connect(site.conninfo, autocommit=True) as conn:
+        conn.execute("vacuum (analyze)")
+    site.pg.sql("checkpoint")
+
+
 def measure(scale: float, repeat: int, work: Path) -> dict:
     pg, redis_server = PostgresCluster().start(), RedisServer().start()
     kube = KubeApiDouble(pod_start_delay=1.0, pod_stop_delay=1.0).start()
@@ -58,39 +74,48 @@ def measure(scale: float, repeat: int, work: Path) -> dict:
         from worker.jobs.job import run_job
 
         backed_up = live(site)
-        run_backup()
+        made = run_backup()
+        first = made["backup_id"]
         dataset.apply_day_of_changes(site.conninfo, str(site.media), seed=2)
-        changed = live(site)
         operator = Operator(kube.kubeconfig)
         db = {"host": "127.0.0.1", "port": pg.port, "user": site.db_user, "password": site.db_password,
               "dbname": site.dbname}
         runs = []
         for _ in range(repeat):
+            settle(site)
             t0 = time.monotonic()
             since = t0
             operator.scale_down(ALL)
             try:
                 old_procedure.old_restore(str(site.repo), str(site.media), db,
                                           {"RESTIC_PASSWORD_FILE": str(site.password_file),
-                                           "RESTIC_CACHE_DIR": site.env["RESTIC_CACHE_DIR"]})
+                                           "RESTIC_CACHE_DIR": site.env["RESTIC_CACHE_DIR"]},
+                                          snapshot=made["snapshots"])  # the seed's commands, with ids for `latest`
             finally:
                 operator.scale_up(ALL)
             old = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, ALL, since),
                    "verified": live(site) == backed_up}
-            dataset.apply_day_of_changes(site.conninfo, str(site.media), seed=2)  # back to a changed state
+            # the state a restore replaces in production: changed, backed up last night, changed again
+            dataset.apply_day_of_changes(site.conninfo, str(site.media), seed=2)
+            run_backup("schedule")
+            dataset.apply_day_of_changes(site.conninfo, str(site.media), seed=3)
             changed = live(site)
+            settle(site)
 
             t0 = since = time.monotonic()
-            report = run_restore()
+            report = run_restore(snapshot=first)
             new = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, ALL, since),
                    "job_downtime_s": report["downtime_seconds"], "verified": live(site) == backed_up,
-                   "steps": {k: v["seconds"] for k, v in report["steps"].items()}}
+                   "steps": {k: v["seconds"] for k, v in report["steps"].items()},
+                   "safety_steps": {k: v["seconds"] for k, v in
+                                    (report["steps"].get("safety_backup") or {}).get("steps", {}).items()}}
             t0 = since = time.monotonic()
             undone = run_job(None, "undo_restore", lambda job: undo(job, None))
             back = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, ALL, since),
                     "job_downtime_s": undone["downtime_seconds"], "verified": live(site) == changed}
+            settle(site)
             t0 = time.monotonic()
-            bare = run_restore(safety_backup=False)  # the same restore without its safety backup
+            bare = run_restore(snapshot=first, safety_backup=False)  # the same restore without its safety backup
             new["wall_without_safety_s"] = round(time.monotonic() - t0, 3)
             new["verified"] = new["verified"] and live(site) == backed_up and bare["downtime_seconds"] > 0
             run_job(None, "undo_restore", lambda job: undo(job, None))
@@ -103,18 +128,35 @@ def measure(scale: float, repeat: int, work: Path) -> dict:
         pg.cleanup()
 
 
+def _row(run: dict) -> dict:
+    """One round's figures; the ratios pair each restore with the old one of the same round."""
+    old, new, back = run["old"], run["restore"], run["undo"]
+    return {"old_wall": old["wall_s"], "old_down": old["downtime_s"], "wall": new["wall_s"],
+            "ratio": new["wall_s"] / old["wall_s"], "bare": new["wall_without_safety_s"],
+            "bare_ratio": new["wall_without_safety_s"] / old["wall_s"], "down": new["downtime_s"],
+            "down_ratio": new["downtime_s"] / old["wall_s"], "undo_down": back["downtime_s"],
+            "verified": old["verified"] and new["verified"] and back["verified"]}
+
+
 def table(results: list[dict]) -> str:
+    """One row per round and, with more than one round, the medians of each column."""
     lines = ["| scale | old restore wall | old downtime | restore wall (with safety backup) | ratio | "
              "restore wall without safety backup | ratio | restore downtime | ratio to old restore | undo downtime | "
              "all verified |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def line(label, r):
+        lines.append(f"| {label} | {r['old_wall']:.1f} s | {r['old_down']:.1f} s | {r['wall']:.1f} s | {r['ratio']:.2f}× | "
+                     f"{r['bare']:.1f} s | {r['bare_ratio']:.2f}× | {r['down']:.1f} s | {r['down_ratio']:.2f}× | "
+                     f"{r['undo_down']:.1f} s | {'yes' if r['verified'] else 'NO'} |")
+
     for res in results:
-        for run in res["runs"]:
-            old, new, back = run["old"], run["restore"], run["undo"]
-            lines.append(f"| {res['scale']} | {old['wall_s']:.1f} s | {old['downtime_s']:.1f} s | {new['wall_s']:.1f} s | "
-                         f"{new['wall_s'] / old['wall_s']:.2f}× | {new['wall_without_safety_s']:.1f} s | "
-                         f"{new['wall_without_safety_s'] / old['wall_s']:.2f}× | {new['downtime_s']:.1f} s | "
-                         f"{new['downtime_s'] / old['wall_s']:.2f}× | {back['downtime_s']:.1f} s | "
-                         f"{'yes' if old['verified'] and new['verified'] and back['verified'] else 'NO'} |")
+        rows = [_row(run) for run in res["runs"]]
+        for r in rows:
+            line(res["scale"], r)
+        if len(rows) > 1:
+            line(f"{res['scale']}, median of {len(rows)}",
+                 {**{k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "verified"},
+                  "verified": all(r["verified"] for r in rows)})
     return "\n".join(lines)
 
 

@@ -37,14 +37,15 @@ def _finished(settings, task_id: str) -> bool:
 
 
 def settle_backup(settings, active: dict) -> tuple[Job, str]:
-    """What a killed backup made, judged by its own backup id only (recorded in its lease record):
+    """What a killed backup (or a restore's safety backup) made, judged by its own backup id only
+    (recorded in its lease record):
     a complete pair is a good backup and stays; a half one (one repository, or a media pre-pass)
     is forgotten, as the backup would have done had it failed - `latest` must never point at half
     a backup. Snapshots of any other job, made before or after, are never touched. Returns the
     job that did the forgetting and a sentence for the report."""
     job = Job("backup", settings)
-    backup_id = active.get("backup_id")
-    if active.get("kind") != "backup" or not backup_id:
+    backup_id = active.get("backup_id")  # a backup's, or the safety backup a restore was making
+    if not backup_id:
         return job, "it had made no snapshot"
     repos = layout.both(settings)
     for repo in repos.values():

@@ -2,13 +2,14 @@
 
 The order is chosen so that a refused or failed restore loses nothing, and the downtime does
 not grow with the data:
-request fields checked before anything else -> validate (media directory, repositories,
-database privileges, Kubernetes) -> choose -> plan (sizes; a dry run stops here) -> settle (what
-a dead job left) -> with the app UP: load the dump into `<db>__restore_<id>` (committed only
-when whole) and stage the media beside the live ones -> quiesce -> switch (renames, journaled:
-worker.backups.switch) -> resume, in a `finally` -> with the app up again: the safety backup of
-the kept previous state, and older kept states removed. A failure before the switch removes the
-side copies and leaves the live data as it was.
+request fields checked before anything else -> validate (media directory, database
+privileges, Kubernetes) -> choose (which also opens the repositories) -> plan (sizes; a dry run
+stops here; stale restic locks removed meanwhile) -> settle (what a dead job left) -> with the
+app UP: load the dump into `<db>__restore_<id>` (committed only when whole) and stage the media
+beside the live ones -> quiesce -> switch (renames, journaled: worker.backups.switch) -> resume,
+in a `finally`, while the safety backup of the kept previous state starts beside it (that state
+is whole and unseen from the switch on) -> older kept states removed. A failure before the
+switch removes the side copies and leaves the live data as it was.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from worker.jobs.requests import RestoreRequest
 from worker.runtime import control
 
 
-def _open(repo: Repository) -> None:
-    """`restic unlock` (stale locks only) also proves the repository is there and the password opens it."""
+def _listed(repo: Repository) -> list[dict]:
+    """The repository's snapshots: the first restic run of a restore, so it also says when the
+    repository is missing or the password does not open it."""
     try:
-        repo.unlock_stale()
+        return repo.snapshots()
     except ResticError as exc:
         if exc.kind == "no-repository":
             raise JobFailed(f"repository {repo.name} does not exist at {repo.url}") from None
@@ -50,18 +52,18 @@ def _each(repos: dict, fn) -> dict:
 
 
 def validate(job: Job) -> tuple:
-    """Everything that can be checked without touching anything."""
+    """Everything that can be checked without touching anything; the repositories are opened by
+    `choose`'s listing (one restic run each, not two)."""
     with job.step("validate") as entry:
         media.check_target(job.settings.files_dir)
         repos = layout.both(job.settings)
-        _each(repos, _open)
         target, kube, names = restore_steps.check_environment(job, entry, for_what="a restore")
     return repos, target, kube, names
 
 
 def choose(job: Job, request: RestoreRequest, repos: dict) -> tuple:
     with job.step("choose") as entry:
-        listed = _each(repos, lambda repo: repo.snapshots())
+        listed = _each(repos, _listed)
         backups = catalog.pair(listed[layout.FILES], listed[layout.DATABASE])
         try:
             chosen = selection.choose(backups, request.snapshot, request.before)
@@ -135,12 +137,14 @@ def safety_backup(job: Job, target: databases.Target, backups: list, rid: str) -
             return None
         child = Job("backup", job.settings)
         child.report.update(backup_id=unique_backup_id({b.id for b in backups}), trigger=selection.PRE_RESTORE)
+        if job.lease is not None:  # a worker killed from here on: the reconciler settles this id only
+            job.lease.note(backup_id=child.report["backup_id"])
         # the kept media are the live media of a moment ago, renamed: the newest media snapshot is
         # their parent, and restic reads only files whose metadata changed
         parent = next((b.files["id"] for b in reversed(backups) if b.files), None)
         summary = steps.summarize(job.settings, steps.backup_quiesced(
             child, target.size_bytes, dbname=switch.before_db(job.settings, rid),
-            files_dir=switch.kept_dir(job.settings, rid), parent=parent))
+            files_dir=switch.kept_dir(job.settings, rid), parent=parent, pause="safety_files"))
         entry["steps"] = child.report["steps"]
         if child.errors:
             steps.discard(child, summary["snapshots"])
@@ -197,7 +201,13 @@ def restore_backup(job: Job, request: RestoreRequest) -> dict:
                       dry_run=request.dry_run)
     repos, target, kube, names = validate(job)
     chosen, backups = choose(job, request, repos)
-    job.report["plan"] = plan(job, chosen, repos, target)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-unlock") as pool:
+        # stale locks (a killed restic's) would stop `restic dump` / `restore`: removed while the
+        # plan is made - not in a dry run, which changes nothing
+        unlocked = [] if request.dry_run else [pool.submit(repo.unlock_stale) for repo in repos.values()]
+        job.report["plan"] = plan(job, chosen, repos, target)
+        for future in unlocked:
+            future.result()
     if request.dry_run:
         return {}
     space = job.report["plan"]["space_needed"]
@@ -211,31 +221,41 @@ def restore_backup(job: Job, request: RestoreRequest) -> dict:
     switch.claim(settings, rid)
     done = _prepare(job, chosen, repos, target, rid, ids)
     staged = done["files"]
-    switched = False
-    try:
-        def do_switch() -> dict:
-            nonlocal switched
-            out = switch.forward(settings, rid, staged.source, target.exists, ids)
-            switched = True
-            return out
+    switched, safety = False, None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety-backup") as pool:
+        try:
+            def do_switch() -> dict:
+                nonlocal switched, safety
+                out = switch.forward(settings, rid, staged.source, target.exists, ids)
+                switched = True
+                if request.safety_backup:
+                    # the kept state is whole and nobody else sees it: its backup starts now,
+                    # while the resume waits for the pods
+                    safety = pool.submit(safety_backup, job, target, backups, rid)
+                return out
 
-        moved = restore_steps.down_for(job, kube, names, do_switch)
-    finally:
-        if not switched:
-            switch.discard(settings, rid)
+            moved = restore_steps.down_for(job, kube, names, do_switch)
+        finally:
+            if not switched:
+                switch.discard(settings, rid)
+        _report_switch(job, target, done, staged, moved, ids)
+        switch.release(settings, rid)
+        job.report["kept"] = next((k for k in switch.kept_states(settings) if k["id"] == rid), None)
+        if safety is not None:
+            job.report["safety_backup"] = safety.result()
+    with job.step("cleanup") as entry:
+        entry["removed_kept"] = [switch.remove_kept(settings, k["id"])["id"]
+                                 for k in switch.kept_states(settings) if k["id"] != rid]
+    return {}
+
+
+def _report_switch(job: Job, target: databases.Target, done: dict, staged: media.Staged, moved: dict, ids) -> None:
+    settings = job.settings
     job.report["database"] = {"name": target.name, "owner": target.owner, "format": done["database"]["format"],
                               "existed": target.exists, "sessions_terminated": moved["sessions_terminated"],
                               "previous_database": moved["previous_database"]}
     job.report["files"] = {"count": staged.count, "bytes": staged.bytes,
                            "chown": settings.restore_chown if ids else None, "kept_dir": moved["kept_files"]}
-    switch.release(settings, rid)
-    job.report["kept"] = next((k for k in switch.kept_states(settings) if k["id"] == rid), None)
-    if request.safety_backup:
-        job.report["safety_backup"] = safety_backup(job, target, backups, rid)
-    with job.step("cleanup") as entry:
-        entry["removed_kept"] = [switch.remove_kept(settings, k["id"])["id"]
-                                 for k in switch.kept_states(settings) if k["id"] != rid]
-    return {}
 
 
 @app.task(bind=True, name=requests.RESTORE)

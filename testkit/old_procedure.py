@@ -118,11 +118,12 @@ def old_backup(repo_base: str, media_dir: str, db: dict, env: dict) -> dict:
     }
 
 
-def old_restore(repo_base: str, media_dir: str, db: dict, env: dict, snapshot: str = "latest",
+def old_restore(repo_base: str, media_dir: str, db: dict, env: dict, snapshot: str | dict = "latest",
                 chown: str | None = None) -> dict:
     """Drop and recreate the database from template1, `restic dump <snapshot> stdin | psql`,
     empty media_dir (dotfiles too), `restic restore <snapshot> --target media_dir/`, and
     `chown -R <chown> media_dir` when `chown` (e.g. "999:999") is given and we run as root.
+    `snapshot`: one for both repositories (`latest`, as the seed), or {repository: snapshot id}.
 
     Returns {"seconds": {...}, "psql_errors": [ERROR lines psql printed], "chown": str}.
     """
@@ -131,7 +132,7 @@ def old_restore(repo_base: str, media_dir: str, db: dict, env: dict, snapshot: s
     t0 = time.monotonic()
     name = db["dbname"]
     flags = _conn_flags(db)
-    snap = shlex.quote(snapshot)
+    snaps = snapshot if isinstance(snapshot, dict) else {REPO_DB: snapshot, REPO_FILES: snapshot}
     media = shlex.quote(media_dir.rstrip("/") or "/")
     if media_dir.rstrip("/") in ("", "/"):
         raise ValueError("refusing to empty the root directory")
@@ -142,11 +143,11 @@ def old_restore(repo_base: str, media_dir: str, db: dict, env: dict, snapshot: s
     _run("create database",
          f"psql -d template1 {flags} -c {shlex.quote(f'CREATE DATABASE {_quote_ident(name)};')}", e, seconds)
     p = _run("db",
-             f'restic -r "$RESTIC_REPOSITORY/{REPO_DB}" dump {snap} stdin | psql -d {shlex.quote(name)} {flags}',
+             f'restic -r "$RESTIC_REPOSITORY/{REPO_DB}" dump {shlex.quote(snaps[REPO_DB])} stdin | psql -d {shlex.quote(name)} {flags}',
              e, seconds)
     psql_errors = [line for line in p.stderr.splitlines() if "ERROR:" in line]
     _run("empty media", f"shopt -s dotglob nullglob\nrm -rf -- {media}/*", e, seconds)
-    _run("files", f'restic -r "$RESTIC_REPOSITORY/{REPO_FILES}" restore {snap} --target {media}/', e, seconds)
+    _run("files", f'restic -r "$RESTIC_REPOSITORY/{REPO_FILES}" restore {shlex.quote(snaps[REPO_FILES])} --target {media}/', e, seconds)
     if chown is None:
         chown_state = "not requested"
     elif os.geteuid() != 0:

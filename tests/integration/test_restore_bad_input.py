@@ -101,10 +101,10 @@ def test_every_refused_restore_touches_nothing(site, monkeypatch, tmp_path):
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-the-password\n")
     monkeypatch.setenv("RESTIC_PASSWORD_FILE", str(wrong))
-    refused("validate: the password in RESTIC_PASSWORD_FILE does not open repository files")
+    refused("choose: the password in RESTIC_PASSWORD_FILE does not open repository files")
     monkeypatch.setenv("RESTIC_PASSWORD_FILE", str(site.password_file))
     monkeypatch.setenv("RESTIC_REPOSITORY", str(tmp_path / "nowhere"))
-    refused(f"validate: repository files does not exist at {tmp_path / 'nowhere'}/files")
+    refused(f"choose: repository files does not exist at {tmp_path / 'nowhere'}/files")
     monkeypatch.setenv("RESTIC_REPOSITORY", str(site.repo))
     monkeypatch.setenv("POSTGRES_HOST", "127.0.0.1:1")
     refused("validate: cannot reach PostgreSQL at 127.0.0.1:1")

@@ -12,7 +12,7 @@ from celery.result import AsyncResult
 
 from testkit.faults import wait_until
 from testkit.restore_checks import kept_state, live_state, side_copies
-from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, change_everything, run_backup
+from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, change_everything, run_backup, snapshots
 from testkit.site import NAMESPACE, descendants
 
 LEASE = 5
@@ -30,6 +30,15 @@ def children(worker) -> list[str]:
         except OSError:
             pass
     return names
+
+
+def backed_up_then_changed(site) -> tuple[dict, dict]:
+    """The state a backup took (odd file names included) and the changed live state after it."""
+    add_odd_files(site.media)
+    backed_up = live_state(site)
+    run_backup()
+    change_everything(site)
+    return backed_up, live_state(site)
 
 
 @pytest.mark.slow
@@ -61,11 +70,7 @@ def test_sigkill_during_the_switch_comes_back_on_one_whole_state(repos, start_wo
     the kept folder, the root empty - the next worker finishes the switch the database says
     happened. For `undo`, halfway back: the restored entries half out."""
     site = repos
-    add_odd_files(site.media)
-    backed_up = live_state(site)
-    run_backup()
-    change_everything(site)
-    changed = live_state(site)
+    backed_up, changed = backed_up_then_changed(site)
     env = {"JOB_LOCK_LEASE": LEASE, "TAIGA_BACKUP_TEST_PAUSE": pause}
     if pause == "undo":
         first = start_worker(JOB_LOCK_LEASE=LEASE)
@@ -95,3 +100,29 @@ def test_sigkill_during_the_switch_comes_back_on_one_whole_state(repos, start_wo
     else:
         assert report["restore_id"]
     wait_until(lambda: AsyncResult(task.id, app=celery_client).state == "FAILURE", 60, "the job marked FAILURE")
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_safety_backup_keeps_the_restore_and_forgets_the_half_backup(repos, start_worker,
+                                                                                      celery_client):
+    """Killed after the switch, while the safety backup has stored its database half and not yet
+    its media half: the restored state stays live and the app comes back; the previous state
+    stays kept (undo-restore brings it back whole); the half safety backup is forgotten, so no
+    `latest` (the old procedure's restore) ever points at it."""
+    site = repos
+    backed_up, changed = backed_up_then_changed(site)
+    first = start_worker(JOB_LOCK_LEASE=LEASE, TAIGA_BACKUP_TEST_PAUSE="safety_files")
+    task = celery_client.send_task("taiga_backup.restore")
+    wait_until(lambda: paused(first, "safety_files"), 240, "the safety backup paused before its media half")
+    wait_until(lambda: any("kind=pre-restore" in (s.get("tags") or []) for s in snapshots(site, "pg-database")),
+               120, "the safety backup's database half stored")
+    first.kill()
+
+    start_worker(JOB_LOCK_LEASE=LEASE)
+    wait_until(lambda: AsyncResult(task.id, app=celery_client).state == "FAILURE", 90, "the restore marked FAILURE")
+    wait_until(lambda: site.replicas() == ALL_DEPLOYMENTS, 90, "the app back")
+    for repo in ("files", "pg-database"):
+        assert not [s for s in snapshots(site, repo) if "kind=pre-restore" in (s.get("tags") or [])], repo
+    assert live_state(site) == backed_up
+    undone = celery_client.send_task("taiga_backup.undo_restore").get(timeout=240)
+    assert undone["state"] == "SUCCESS" and live_state(site) == changed
