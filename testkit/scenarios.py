@@ -15,6 +15,11 @@ import psycopg
 from testkit import dataset
 from testkit.site import BACKUP_DEPLOYMENTS, RESTORE_ONLY_DEPLOYMENTS, ROOT
 
+# the backup's chain as the README documents it, the id the caller got last: what the tests
+# expect to see run (in Celery's result backend and in Flower), in this order
+BACKUP_CHAIN = ["taiga_backup.prepare", "taiga_backup.media_prepass", "taiga_backup.quiesce", "taiga_backup.dump_db",
+                "taiga_backup.restic_backup", "taiga_backup.resume", "taiga_backup.finish"]
+
 ALL_DEPLOYMENTS = {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}
 ODD_NAMES = ["with space.txt", "ünïcödé 名前.md", "-leading-dash", "quote'single\"double", "semi;colon $(x) `y`",
              "line\nbreak", "dir with space/-nested 'odd'"]

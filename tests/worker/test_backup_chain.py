@@ -16,12 +16,9 @@ from celery.result import AsyncResult
 
 from testkit import dataset
 from testkit.faults import ANNOTATION, app_at_zero, app_back, dump_blocked, snapshot_ids, wait_until
-from testkit.scenarios import hold_table_lock
+from testkit.scenarios import BACKUP_CHAIN, hold_table_lock
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE, descendants
 from worker.jobs import backup_flow
-
-LINKS = ["taiga_backup.prepare", "taiga_backup.media_prepass", "taiga_backup.quiesce", "taiga_backup.dump_db",
-         "taiga_backup.restic_backup", "taiga_backup.resume", "taiga_backup.finish"]
 
 
 def niceness(worker, comm: str) -> list[int]:
@@ -76,7 +73,7 @@ def test_every_step_is_a_task_of_its_own_under_the_backups_root_id(repos, start_
     assert report["state"] == "SUCCESS" and report["task_id"] == result.id
 
     links = links_of(celery_client, result.id)
-    assert [m["name"] for m in links] == LINKS
+    assert [m["name"] for m in links] == BACKUP_CHAIN
     assert all(m["status"] == "SUCCESS" for m in links)
     assert links[-1]["id"] == result.id  # the replaced task's id is the last link's
     assert len({m["worker"] for m in links}) == 1  # pinned to the worker holding the dump
@@ -148,7 +145,7 @@ def test_the_app_is_resumed_after_a_failure_in_any_step(step, repos, start_worke
     assert text.startswith(expected), text
     report = json.loads(redis_of(site).get(f"taiga-backup:report:{result.id}"))
     links = links_of(celery_client, result.id)
-    assert [m["name"] for m in links] == LINKS  # the chain ran to its end: steps pass failures on
+    assert [m["name"] for m in links] == BACKUP_CHAIN  # the chain ran to its end: steps pass failures on
     if step == "media_prepass":
         assert gateway_history(site) == [1]  # failed before the app was touched
     else:
@@ -191,7 +188,7 @@ def test_a_lease_lost_mid_chain_stops_the_chain_before_it_does_harm(repos, start
         undo()
     assert "the job lease was lost" in text and "other-job" in text, text
     names = [m["name"] for m in links_of(celery_client, result.id)]
-    assert names == LINKS
+    assert names == BACKUP_CHAIN
     report = json.loads(client.get(f"taiga-backup:report:{result.id}"))
     assert "db_snapshot" not in report["steps"] and "restic_backup" not in report["steps"]
     assert "resume" not in report["steps"]

@@ -16,7 +16,7 @@ import pytest
 
 from testkit.site import ROOT
 from testkit.servers import free_port, wait_port
-from testkit.scenarios import start_idle_worker
+from testkit.scenarios import BACKUP_CHAIN, start_idle_worker
 
 CREDENTIALS = "operator:flower-test-pw"
 
@@ -73,8 +73,7 @@ def test_flower_lists_a_succeeded_backup_and_wants_basic_auth(site, start_worker
     assert result.get(timeout=120)["state"] == "SUCCESS"
 
     # the backup replaced itself with its chain: the last link carries its id, every link its root id
-    steps = ["taiga_backup.prepare", "taiga_backup.media_prepass", "taiga_backup.quiesce", "taiga_backup.restic_backup",
-             "taiga_backup.dump_db", "taiga_backup.resume", "taiga_backup.finish"]
+    steps = BACKUP_CHAIN
 
     def chain_done(tasks):
         links = [t for t in tasks.values() if t.get("root_id") == result.id and t["uuid"] != result.id]
