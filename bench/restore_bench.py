@@ -48,10 +48,7 @@ def live(site) -> dict:
 
 def settle(site) -> None:
     """A server at rest before each measured restore (the module docstring says why)."""
-    import psycopg
-
-    with psycopg.connect(site.conninfo, autocommit=True) as conn:
-        conn.execute("vacuum (analyze)")
+    site.pg.sql("vacuum (analyze)", dbname=site.dbname)
     site.pg.sql("checkpoint")
 
 

@@ -142,12 +142,12 @@ def old_restore(repo_base: str, media_dir: str, db: dict, env: dict, snapshot: s
          f"psql -d template1 {flags} -c {shlex.quote(f'DROP DATABASE {_quote_ident(name)};')}", e, seconds)
     _run("create database",
          f"psql -d template1 {flags} -c {shlex.quote(f'CREATE DATABASE {_quote_ident(name)};')}", e, seconds)
-    p = _run("db",
-             f'restic -r "$RESTIC_REPOSITORY/{REPO_DB}" dump {shlex.quote(snaps[REPO_DB])} stdin | psql -d {shlex.quote(name)} {flags}',
-             e, seconds)
+    p = _run("db", f'restic -r "$RESTIC_REPOSITORY/{REPO_DB}" dump {shlex.quote(snaps[REPO_DB])} stdin '
+                   f'| psql -d {shlex.quote(name)} {flags}', e, seconds)
     psql_errors = [line for line in p.stderr.splitlines() if "ERROR:" in line]
     _run("empty media", f"shopt -s dotglob nullglob\nrm -rf -- {media}/*", e, seconds)
-    _run("files", f'restic -r "$RESTIC_REPOSITORY/{REPO_FILES}" restore {shlex.quote(snaps[REPO_FILES])} --target {media}/', e, seconds)
+    _run("files", f'restic -r "$RESTIC_REPOSITORY/{REPO_FILES}" restore {shlex.quote(snaps[REPO_FILES])} '
+                  f'--target {media}/', e, seconds)
     if chown is None:
         chown_state = "not requested"
     elif os.geteuid() != 0:

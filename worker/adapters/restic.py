@@ -281,10 +281,10 @@ class Repository:
     def backup_pipe(self, producer: list[str], producer_env: dict, tags: list[str], *, filename="stdin",
                     on_status=None, timeout=None, producer_what=None, full_id: bool = True,
                     flags: tuple[str, ...] = (), nice: int | None = None) -> BackupSummary:
-        """producer | restic backup --stdin, with no temporary file (`nice`: both ends niced). A snapshot made from a stream
-        whose producer failed is removed again before the error is raised. When restic dies
-        first, the producer fails too, on the closed pipe ("Broken pipe"): that says nothing,
-        so restic's own error is the one raised."""
+        """producer | restic backup --stdin, with no temporary file (`nice`: both ends niced). A
+        snapshot made from a stream whose producer failed is removed again before the error is
+        raised. When restic dies first, the producer fails too, on the closed pipe ("Broken
+        pipe"): that says nothing, so restic's own error is the one raised."""
         deadline = _deadline(timeout)
         lines = JsonLines(on_status)
         args = self._backup_args(tags) + list(flags) + ["--stdin"]
