@@ -313,6 +313,9 @@ SETTINGS: tuple[Setting, ...] = (
             "dump the database and back up the media at the same time"),
     Setting("PREFLIGHT_TIMEOUT", "preflight_timeout", "120", _number(1), "seconds for the checks before a backup"),
     Setting("QUIESCE_TIMEOUT", "quiesce_timeout", "300", _number(1), "seconds for the pods to stop"),
+    Setting("QUIESCE_LEAD_MAX", "quiesce_lead_max", "10", _number(0),
+            "the quiesce starts before the media pre-pass's estimated end by as long as the last backup's "
+            "quiesce took, but at most this many seconds (0: after the pre-pass)"),
     Setting("RESUME_TIMEOUT", "resume_timeout", "300", _number(1), "seconds for the pods to be available again"),
     Setting("DUMP_TIMEOUT", "dump_timeout", "14400", _number(1), "seconds for the database dump"),
     Setting("FILES_TIMEOUT", "files_timeout", "21600", _number(1), "seconds for the media backup"),
@@ -462,6 +465,7 @@ class Settings:
     keep_monthly: int
     keep_yearly: int
     parallel_backup: bool
+    quiesce_lead_max: float
     preflight_timeout: float
     quiesce_timeout: float
     resume_timeout: float

@@ -170,3 +170,69 @@ def test_only_the_restore_itself_marks_a_backup_pre_restore():
     with pytest.raises(RequestInvalid, match="trigger must be one of manual, schedule, chat"):
         requests.keyword_fields(requests.BACKUP, (), {"trigger": "pre-restore"}, {})
     assert requests.keyword_fields(requests.BACKUP, (), {"trigger": "chat"}, {}) == {"trigger": "chat"}
+
+
+def _status(total_files, total, done):
+    return {"message_type": "status", "total_files": total_files, "total_bytes": total, "bytes_done": done}
+
+
+def test_the_pre_pass_end_is_seen_only_once_the_scan_settled_and_within_the_lead():
+    from worker.backups.backup_eta import BackupEta
+
+    clock = [0.0]
+    eta = BackupEta(lead=1.0, clock=lambda: clock[0])
+    # restic still scanning: totals grow, so however near done looks, it is not the end
+    for i in range(1, 40):
+        clock[0] = i * 0.1
+        eta(_status(i * 100, i * 10_000_000, i * 10_000_000 - 1_000_000))
+    assert not eta.near.is_set()
+    # totals stand still, 100 MB/s: 1 s left (the lead) at 93 %, restic's finish included
+    total, done = 1_000_000_000, 600_000_000
+    for i in range(40, 80):
+        clock[0] = i * 0.1
+        done += 10_000_000
+        eta(_status(5000, total, done))
+        if done <= 900_000_000:
+            assert not eta.near.is_set(), (done, eta.remaining)
+    assert eta.near.is_set() and abs(eta.near_at - 7.2) < 0.05, eta.near_at
+    assert 0.9 <= eta.remaining <= 1.0
+    # with last night's file count, the whole tree is known scanned at once: no settling wait
+    clock[0] = 0.0
+    known = BackupEta(lead=1.0, expected_files=5000, clock=lambda: clock[0])
+    for i, done in enumerate(range(900_000_000, 960_000_000, 10_000_000)):
+        clock[0] = i * 0.1
+        known(_status(5000, total, done))
+    assert known.near.is_set() and known.near_at <= 0.4
+    never = BackupEta(lead=0.0, clock=lambda: clock[0])
+    never(_status(5000, total, total))
+    assert not never.near.is_set()
+
+
+def test_a_tree_state_changes_with_any_write_rename_chmod_or_link_and_fresh_trees_are_racy(tmp_path):
+    import os
+
+    from worker.backups import tree_state
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.bin").write_bytes(b"one")
+    os.symlink("d/a.bin", tmp_path / "link")
+    old = time.time() - 10
+    for path in (tmp_path / "d" / "a.bin", tmp_path / "d", tmp_path):
+        os.utime(path, (old, old), follow_symlinks=False)
+    first = tree_state.take(str(tmp_path))
+    assert first.racy  # utime itself stamped the ctimes just now
+    assert tree_state.take(str(tmp_path)).digest == first.digest
+
+    def changed(change) -> bool:
+        before = tree_state.take(str(tmp_path))
+        time.sleep(0.01)
+        change()
+        return tree_state.take(str(tmp_path)).digest != before.digest
+
+    assert changed(lambda: (tmp_path / "d" / "a.bin").write_bytes(b"two"))  # same size, new bytes
+    assert changed(lambda: os.chmod(tmp_path / "d" / "a.bin", 0o600))
+    assert changed(lambda: os.rename(tmp_path / "d" / "a.bin", tmp_path / "d" / "b.bin"))
+    assert changed(lambda: (os.unlink(tmp_path / "link"), os.symlink("d/b.bin", tmp_path / "link")))
+    assert changed(lambda: (tmp_path / "d" / "new").mkdir())
+    quiet = tree_state.TreeState(first.digest, first.taken_ns, first.taken_ns - 3_000_000_000, first.entries)
+    assert not quiet.racy and tree_state.unchanged(quiet, first) and not tree_state.unchanged(first, first)

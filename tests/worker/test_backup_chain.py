@@ -21,17 +21,20 @@ from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE, descendants
 from worker.jobs import backup_flow
 
 
-def niceness(worker, comm: str) -> list[int]:
-    """The nice values of the worker's descendants named `comm` (field 19 of /proc/<pid>/stat)."""
+def niceness(worker, comm: str, argv_has: bytes = b"") -> list[int]:
+    """The nice values of the worker's descendants named `comm` (field 19 of /proc/<pid>/stat)
+    whose command line has `argv_has`."""
     found = []
     for pid in descendants(worker.proc.pid):
         try:
             with open(f"/proc/{pid}/stat") as fh:
                 stat = fh.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
         except OSError:
             continue
         name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if name == comm:
+        if name == comm and (not argv_has or argv_has in argv):
             found.append(int(rest[16]))
     return found
 
@@ -236,7 +239,7 @@ def test_the_dump_is_the_database_at_the_quiesced_point_though_the_app_is_back(r
         wait_until(lambda: dump_blocked(site), 60, "pg_dump waiting on the table lock")
         wait_until(lambda: app_back(site), 60, "the app back while the dump waits")
         # started beside the quiesced media pass, the dump runs at a lower priority (DUMP_NICE)
-        assert niceness(worker, "pg_dump") == niceness(worker, "restic") == [backup_flow.DUMP_NICE]
+        assert niceness(worker, "pg_dump") == niceness(worker, "restic", b"--stdin") == [backup_flow.DUMP_NICE]
         assert AsyncResult(result.id, app=celery_client).state not in ("SUCCESS", "FAILURE")
         with psycopg.connect(site.conninfo, autocommit=True) as conn:
             conn.execute("update users_user set full_name = 'written after resume'")
@@ -259,7 +262,7 @@ def test_the_dump_is_the_database_at_the_quiesced_point_though_the_app_is_back(r
 
 @pytest.mark.slow
 def test_downtime_does_not_grow_with_the_data(repos, start_worker, celery_client, record_property):
-    """The same backup at two sizes (the second with ~20x the data): the data steps take longer,
+    """The same backup at two sizes (the second with ~50x the data): the data steps take longer,
     the app's downtime does not (it may grow by at most 0.15 s per second the data steps grow)."""
     site = repos
     start_worker()
@@ -271,11 +274,11 @@ def test_downtime_does_not_grow_with_the_data(repos, start_worker, celery_client
         return report["downtime_seconds"], data, report
 
     small, small_data, _ = measured()
-    for i in range(40):
+    for i in range(100):
         (site.media / f"upload-{i}.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     with psycopg.connect(site.conninfo, autocommit=True) as conn:
         conn.execute("create table zz_bulk (id int, payload text)")
-        conn.execute("insert into zz_bulk select g, repeat(md5(g::text), 60) from generate_series(1, 40000) g")
+        conn.execute("insert into zz_bulk select g, repeat(md5(g::text), 60) from generate_series(1, 120000) g")
     # a fresh repository, so the bigger run is a full one too
     for name in ("files", "pg-database"):
         for snap in snapshot_ids(site, name):
@@ -283,6 +286,144 @@ def test_downtime_does_not_grow_with_the_data(repos, start_worker, celery_client
     big, big_data, report = measured()
     record_property("downtime_small_big", [small, big])
     print(f"\ndowntime {small:.2f} s -> {big:.2f} s while the data steps went {small_data:.2f} s -> {big_data:.2f} s")
-    assert report["files"]["total_bytes_processed"] > 80 * 1024 * 1024
+    assert report["files"]["total_bytes_processed"] > 200 * 1024 * 1024
     assert big_data > 1.4 * small_data
     assert big - small < 1.0 + 0.15 * (big_data - small_data)
+
+
+def _learn_the_quiesce_time(site, celery_client) -> float:
+    """A first backup: the next one starts quiescing as long before its pre-pass ends as this
+    one's quiesce took (pods take 1.5 s to stop here)."""
+    report = celery_client.send_task("taiga_backup.backup").get(timeout=120)
+    assert report["state"] == "SUCCESS"
+    assert "quiesce_overlap_seconds" not in report["steps"]["media_prepass"]  # nothing learnt yet
+    return report
+
+
+def _new_uploads(site, megabytes: int) -> None:
+    for i in range(megabytes // 10):
+        (site.media / f"upload-{i}.bin").write_bytes(os.urandom(10 * 1024 * 1024))
+
+
+def _prepass_restic(worker) -> list[int]:
+    found = []
+    for pid in descendants(worker.proc.pid):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == b"restic" and b"backup" in argv and b"taiga-backup-prepass" in b" ".join(argv):
+            found.append(pid)
+    return found
+
+
+@pytest.mark.slow
+def test_the_app_quiesces_while_the_pre_pass_ends_and_the_backup_is_still_the_quiesced_state(
+        repos, start_worker, celery_client, tmp_path):
+    site = repos
+    undo = _slow_pods(site, "pod_stop_delay", 1.5)
+    try:
+        worker = start_worker()
+        first = _learn_the_quiesce_time(site, celery_client)
+        lead = first["steps"]["quiesce"]["seconds"]
+        assert lead >= 1.5
+        _new_uploads(site, 250)
+        result = celery_client.send_task("taiga_backup.backup")
+        wait_until(lambda: app_at_zero(site), 60, "the app quiescing")
+        running = _prepass_restic(worker)  # the pods are stopping, the pre-pass is still writing
+        report = result.get(timeout=180)
+    finally:
+        undo()
+    assert report["state"] == "SUCCESS" and report["backup_complete"] is True
+    prepass = report["steps"]["media_prepass"]
+    assert running and prepass["quiesce_overlap_seconds"] > 0, prepass
+    assert prepass["quiesce_overlap_seconds"] <= lead + 0.5, prepass  # it ended while the pods stopped
+    # the quiesced pass came after the pre-pass: it is the backup, and it is the media as they are
+    assert snapshot_ids(site, "files") == [first["snapshots"]["files"], report["snapshots"]["files"]]
+    site.restic("files", "restore", report["snapshots"]["files"], "--target", str(tmp_path / "back"))
+    assert dataset.tree_digest(str(tmp_path / "back")) == dataset.tree_digest(str(site.media))
+    assert app_back(site) and gateway_history(site) == [1, 0, 1, 0, 1]
+
+
+@pytest.mark.slow
+def test_a_pre_pass_dying_while_the_app_quiesces_fails_the_job_and_the_app_comes_back(
+        repos, start_worker, celery_client):
+    site = repos
+    undo = _slow_pods(site, "pod_stop_delay", 1.5)
+    try:
+        worker = start_worker()
+        _learn_the_quiesce_time(site, celery_client)
+        kept = {name: snapshot_ids(site, name) for name in ("files", "pg-database")}
+        _new_uploads(site, 250)
+        result = celery_client.send_task("taiga_backup.backup")
+        wait_until(lambda: app_at_zero(site), 60, "the app quiescing")
+        victims = _prepass_restic(worker)
+        assert victims, "the pre-pass had ended before the pods were asked to stop"
+        for pid in victims:
+            os.kill(pid, 9)
+        text = failure(result, timeout=180)
+    finally:
+        undo()
+    assert text.startswith("media_prepass: "), text
+    report = json.loads(redis_of(site).get(f"taiga-backup:report:{result.id}"))
+    assert report["backup_complete"] is False and "restic_backup" not in report["steps"]
+    assert [m["name"] for m in links_of(celery_client, result.id)] == BACKUP_CHAIN
+    wait_until(lambda: app_back(site), 30, "the app back")
+    assert gateway_history(site) == [1, 0, 1, 0, 1]
+    # the night's dump is forgotten, the earlier backup untouched
+    assert {name: snapshot_ids(site, name) for name in ("files", "pg-database")} == kept
+
+
+def _tags(site, repo: str, snapshot_id: str) -> list[str]:
+    docs = json.loads(site.restic(repo, "snapshots", "--json", "--no-lock", snapshot_id).stdout)
+    return docs[0]["tags"]
+
+
+@pytest.mark.slow
+def test_media_unchanged_since_the_pre_pass_make_the_pre_pass_the_backup_without_a_second_restic_run(
+        repos, start_worker, celery_client, tmp_path):
+    site = repos
+    start_worker()
+    # written a moment ago: a second write in the same clock tick could hide, so restic looks again
+    (site.media / "just-written.txt").write_bytes(b"fresh")
+    racy = celery_client.send_task("taiga_backup.backup").get(timeout=120)
+    assert "media_unchanged_since_prepass" not in racy["steps"]["restic_backup"]
+    time.sleep(2.2)
+    report = celery_client.send_task("taiga_backup.backup").get(timeout=120)
+    assert report["state"] == "SUCCESS" and report["backup_complete"] is True
+    step = report["steps"]["restic_backup"]
+    assert step["media_unchanged_since_prepass"] is True, step
+    # the pre-pass, retagged, is the backup's media snapshot: listed with the backup's tags, the
+    # old procedure's `latest`, and the media as they are
+    files = report["snapshots"]["files"]
+    assert snapshot_ids(site, "files") == [racy["snapshots"]["files"], files]
+    tags = _tags(site, "files", files)
+    assert f"backup-id={report['backup_id']}" in tags and not any("prepass" in t for t in tags)
+    assert _tags(site, "pg-database", report["snapshots"]["pg-database"]) == tags
+    site.restic("files", "restore", "latest", "--target", str(tmp_path / "back"))
+    assert dataset.tree_digest(str(tmp_path / "back")) == dataset.tree_digest(str(site.media))
+    assert report["files"]["total_files_processed"] == racy["files"]["total_files_processed"]
+    assert app_back(site)
+
+
+@pytest.mark.slow
+def test_media_written_during_the_pre_pass_are_read_again_with_the_app_down(repos, start_worker, celery_client,
+                                                                            tmp_path):
+    site = repos
+    worker = start_worker()
+    target = site.media / "attachments" / "being-written.bin"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"before " * 1000)
+    time.sleep(2.2)  # nothing racy: only the write below can make the media differ
+    result = celery_client.send_task("taiga_backup.backup")
+    wait_until(lambda: _prepass_restic(worker), 60, "the pre-pass running", interval=0.005)
+    with open(target, "ab") as fh:
+        fh.write(b"written while the pre-pass ran")
+    report = result.get(timeout=120)
+    assert report["state"] == "SUCCESS"
+    step = report["steps"]["restic_backup"]
+    assert "media_unchanged_since_prepass" not in step, step  # a quiesced restic pass ran
+    site.restic("files", "restore", report["snapshots"]["files"], "--target", str(tmp_path / "back"))
+    assert (tmp_path / "back" / "attachments" / "being-written.bin").read_bytes().endswith(b"while the pre-pass ran")
+    assert dataset.tree_digest(str(tmp_path / "back")) == dataset.tree_digest(str(site.media))
+    assert snapshot_ids(site, "files") == [report["snapshots"]["files"]]  # the pre-pass is forgotten

@@ -17,6 +17,7 @@ from celery.result import AsyncResult
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
 from testkit.faults import app_back, dump_blocked, in_thread, snapshot_ids, wait_until
 from testkit.servers import free_port, wait_port
+from worker.backups import layout
 from worker.errors import JobFailed
 from worker.adapters.redis_store import connect as redis_connect
 from testkit.scenarios import run_backup
@@ -132,8 +133,6 @@ def s3_site(site, tmp_path, monkeypatch):
 
 
 def s3_snapshots(site, repo: str) -> list[str]:
-    from worker.backups import layout
-
     return [s["id"] for s in layout.repository(site.settings(), repo).snapshots()]
 
 
@@ -149,6 +148,8 @@ def test_s3_endpoint_down_mid_backup_and_before_one(s3_site, caplog):
         job = in_thread(run_backup)
         wait_until(lambda: dump_blocked(site), 60, "pg_dump waiting with the app at 0")
         wait_until(lambda: caplog.text.count("backup: restic_backup finished") == 2, 60, "this backup's media snapshot")
+        dump_repo = layout.repository(site.settings(), "pg-database")
+        wait_until(lambda: dump_repo.locks(timeout=30), 60, "the dump's restic past its start (its lock taken)")
         site.moto.stop()
         t0 = time.monotonic()
     finally:

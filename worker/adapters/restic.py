@@ -20,6 +20,7 @@ from typing import Callable
 
 from worker.adapters import process
 from worker.adapters.process import Completed, ProcessError
+from worker.errors import OperatorError
 
 NO_REPO = re.compile(r"(Is there a repository at the following location|does not exist|unable to open config file"
                      r"|repository does not exist)", re.IGNORECASE)
@@ -322,13 +323,40 @@ class Repository:
             found.update({short: doc["id"] for short in wanted for doc in docs or [] if doc["id"].startswith(short)})
         return found
 
-    def _cached_snapshot(self, short: str) -> str | None:
+    def _cached_paths(self, short: str) -> list[str]:
         if not re.fullmatch(r"[0-9a-f]{8,64}", short):
-            return None
+            return []
         root = self._cache_dir or os.path.join(os.environ.get("HOME", "/nonexistent"), ".cache", "restic")
-        names = {os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(root), "*", "snapshots", short[:2],
-                                                                     short + "*"))}
+        return glob.glob(os.path.join(glob.escape(root), "*", "snapshots", short[:2], short + "*"))
+
+    def _cached_snapshot(self, short: str) -> str | None:
+        names = {os.path.basename(p) for p in self._cached_paths(short)}
         return names.pop() if len(names) == 1 and len(next(iter(names))) == 64 else None
+
+    def retag(self, snapshot_id: str, tags: list[str], timeout: float = 600) -> str:
+        """Gives a snapshot exactly `tags`; returns its new full id (restic saves a changed
+        snapshot anew, with the old id as `original`). restic caches the snapshot it saves, in
+        this repository's cache directory - the one holding the old snapshot: the one id new
+        there is found without another restic run (a key derivation); else one `snapshots` run
+        finds it by its `original`."""
+        old = self._cached_paths(snapshot_id)
+        where = os.path.dirname(os.path.dirname(old[0])) if len(old) == 1 else None
+
+        def cached() -> set[str]:
+            if where is None:
+                return set()
+            return {os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(where), "*", "*"))}
+
+        before = cached()
+        self.run("tag", *[arg for tag in tags for arg in ("--set", tag)], "--", snapshot_id, timeout=timeout)
+        new = cached() - before
+        if len(new) == 1 and len(next(iter(new))) == 64:
+            return new.pop()
+        found = [d["id"] for d in self.snapshots(timeout=timeout) if (d.get("original") or "").startswith(snapshot_id)]
+        if len(found) != 1:
+            raise OperatorError(f"restic tag ({self.name}): {len(found)} snapshots have {snapshot_id} as their "
+                                f"original, not one")
+        return found[0]
 
     def forget_tagged(self, tag: str, timeout: float = 600) -> None:
         """Forgets every snapshot carrying `tag`, in one restic run: a policy that keeps only

@@ -7,20 +7,24 @@ one point. So the media is read once with the app up (the pre-pass), and quiesce
 snapshot exported as soon as the app is down (postgres.ExportedSnapshot) that `pg_dump
 --snapshot` streams into restic in the background - niced (DUMP_NICE), so the quiesced media
 pass beside it keeps the CPU and the downtime stays short, while the dump uses what that pass
-leaves and goes on while the app comes back. Only the quiesced pass and the dump are the
-backup; the pre-pass is forgotten by `finish`.
+leaves and goes on while the app comes back. The pods take a moment to stop, and that moment is
+spent on the pre-pass's last seconds: the quiesce starts once the pre-pass is estimated to end
+within it (prepass_eta), and the quiesced pass waits for the pre-pass's end. Only the quiesced
+pass and the dump are the backup; the pre-pass is forgotten once the quiesced pass is done.
 
 Each step is a plain function so the Celery chain (tasks/backup_steps.py, one task per step)
 and the in-process run (take_backup: tests, and whoever needs a backup without the queue) run
 the same code. Steps never raise: a failure is recorded on the job and the later data steps
 are skipped, while `resume` always runs once `quiesce` has started, and `finish` fails the job
 with the first error. `ctx` is plain JSON, passed from link to link (Celery keeps it in Redis):
-no secret goes in it. What cannot be JSON - the open snapshot transaction and the running pipe -
-stays in this process (HELD) and pins the later links to this worker.
+no secret goes in it. What cannot be JSON - the pre-pass's last seconds, the open snapshot
+transaction and the running pipe, the media tidy-up - runs on in this process (HELD, joined by
+a later link) and pins the later links to this worker.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -30,35 +34,43 @@ from dataclasses import dataclass, field
 from worker.adapters import postgres
 from worker.adapters.redis_store import connect as redis_connect
 from worker.adapters.restic import ResticError
-from worker.backups import catalog, layout, restic_locks
+from worker.backups import catalog, layout, restic_locks, tree_state
+from worker.backups.backup_eta import BackupEta
 from worker.errors import OperatorError
 from worker.jobs import steps
-from worker.jobs.job import Job, end_job, load_settings
+from worker.jobs.job import Job, end_job, last_report_key, load_settings
 from worker.jobs.lease import JobLock, LeaseLost
 
 log = logging.getLogger("taiga_backup.backup")
 
 
-class DumpLost(OperatorError):
-    """The worker holding the dump's in-process state is not the one running this link."""
+class StepLost(OperatorError):
+    """The worker holding a step's in-process state is not the one running this link."""
 
 
 @dataclass
 class Held:
-    """What stays in the worker that exported the snapshot: the open transaction and the dump
-    streaming it, which records its step and errors on a job of its own until finish merges them."""
+    """A step still running in a thread of this worker after its link returned - the media
+    pre-pass's last seconds while the app is quiescing, the dump streaming the exported snapshot
+    (and its open transaction) - which records its step and errors on a job of its own until a
+    later link joins it (join_held)."""
 
-    snapshot: postgres.ExportedSnapshot
     job: Job
+    snapshot: postgres.ExportedSnapshot | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
+    error: Exception | None = None  # what it raised (a step records its own on the job too)
     thread: threading.Thread | None = None
+    ended: float = 0.0  # time.time() when it ended
 
 
-HELD: dict[str, Held] = {}
+HELD: dict[tuple[str, str], Held] = {}  # (job's task id, step) -> what runs on
 _held_lock = threading.Lock()
 # the job's lease in this process, renewed from one link to the next (JobLock.pause(grace))
 LEASES: dict[str, JobLock] = {}
+# what a held step was, for the error when the worker holding it is gone
+_HELD_WHAT = {"media_prepass": "the media pre-pass", "dump_db": "the database dump",
+              "tidy_files": "the media snapshot's full id lookup (or retagging)"}
 
 
 # the niceness of the background dump: it starts while the app is down, beside the quiesced media
@@ -147,19 +159,109 @@ def _files_ready(job: Job):
     return make_ready
 
 
+def _hold(job: Job, ctx: dict, step: str, run, snapshot=None) -> Held:
+    """Starts run(child job) in a thread of this worker, as `step` of the job, and returns at once."""
+    child = Job(job.kind, job.settings, job.task)
+    child.task_id = job.task_id
+    child.report.update(backup_id=job.report["backup_id"], trigger=job.report.get("trigger", "manual"))
+    held = Held(child, snapshot)
+
+    def body():
+        try:
+            held.result = run(child)
+        except Exception as exc:
+            held.error = exc
+        finally:
+            if snapshot is not None:
+                snapshot.close()
+            held.ended = time.time()
+            held.done.set()
+
+    held.thread = threading.Thread(target=body, name=f"{step}-{job.task_id[:8]}", daemon=True)
+    with _held_lock:
+        HELD[(job.task_id, step)] = held
+    ctx.setdefault("held", []).append(step)
+    held.thread.start()
+    return held
+
+
+def join_held(job: Job, ctx: dict, step: str) -> Held | None:
+    """Waits for a held step and takes over its step entries and errors (its result is None when
+    it failed). A step held by a worker process that is gone fails the job."""
+    if step not in ctx.get("held", []):
+        return None
+    ctx["held"].remove(step)
+    with _held_lock:
+        held = HELD.pop((job.task_id, step), None)
+    if held is None:
+        job.fail(step, StepLost(f"{_HELD_WHAT[step]} ran in a worker process that is gone (it was restarted, "
+                                f"or this link ran elsewhere): its snapshot is not known"))
+        return None
+    held.done.wait()
+    job.report["steps"].update(held.job.report["steps"])
+    for error in held.job.errors:
+        if error not in job.errors:
+            job.errors.append(error)
+    return held
+
+
+def prepass_eta(job: Job) -> BackupEta:
+    """When the quiesce starts: as long before the media pre-pass's estimated end as the last
+    successful backup's quiesce took (the pods' stop time), at most QUIESCE_LEAD_MAX; never
+    early when nothing is known yet, or the steps run one after the other (BACKUP_PARALLEL=false).
+    That backup's file count tells when restic has scanned the whole tree."""
+    if job.settings.quiesce_lead_max <= 0 or not job.settings.parallel_backup:
+        return BackupEta(0.0)
+    try:
+        last = json.loads(redis_connect(job.settings).get(last_report_key("backup", "SUCCESS")) or "{}")
+        seconds = float(last["steps"]["quiesce"]["seconds"]) if last else 0.0
+        files = (last.get("files") or {}).get("total_files_processed")
+    except Exception as exc:  # a guess, never a failure: without it the quiesce waits for the pre-pass
+        log.warning("could not read the last backup's quiesce time: %s", exc)
+        return BackupEta(0.0)
+    return BackupEta(max(0.0, min(seconds, job.settings.quiesce_lead_max)), expected_files=files)
+
+
 def media_prepass(job: Job, ctx: dict) -> None:
     """The media read while the app is still up: it uploads nearly everything, so the quiesced
     pass after it has little left to read. It opens (and on first use creates) the media
-    repository."""
+    repository. It runs on in this worker while the app quiesces, once it is estimated to end
+    within the quiesce's time (prepass_eta): the pods stop while restic writes its last packs,
+    and restic_backup waits for its end. A pre-pass that fails before that fails here, with
+    the app never touched."""
     if _skip(job, ctx):
         return
-    try:
-        summary = steps.restic_backup(job, step="media_prepass", tags=prepass_tags(job), full_id=False,
-                                      make_ready=_files_ready(job))
-        ctx["prepass"] = summary["snapshot_id"]
-        ctx["prepass_summary"] = summary
-    except Exception:
+    try:  # before restic reads a byte: what the quiesced point is compared with
+        ctx["tree"] = tree_state.take(job.settings.files_dir).as_dict()
+    except OSError as exc:  # an entry went away mid-walk: the quiesced pass reads what changed
+        log.info("backup: the media tree changed while it was looked at (%s)", exc)
+    eta = prepass_eta(job)
+    held = _hold(job, ctx, "media_prepass", lambda child: steps.restic_backup(
+        child, step="media_prepass", tags=prepass_tags(job), full_id=False, make_ready=_files_ready(job),
+        watch=eta))
+    while not held.done.wait(0.05) and not eta.near.is_set():
         pass
+    if held.done.is_set():
+        _prepass_joined(job, ctx)
+    else:
+        ctx["prepass_ends_in"] = round(eta.remaining, 3)
+        log.info("backup: quiescing while the media pre-pass ends (about %.1f s left)", eta.remaining,
+                 extra={"task_id": job.task_id, "job": job.kind, "step": "media_prepass"})
+
+
+def _prepass_joined(job: Job, ctx: dict) -> None:
+    """The pre-pass's end, taken over by this link: its snapshot becomes the quiesced pass's
+    parent; how long it ran on after the quiesce began is in its step entry."""
+    held = join_held(job, ctx, "media_prepass")
+    if held is None:
+        return
+    entry = job.report["steps"].get("media_prepass")
+    if entry is not None and ctx.get("down_since"):
+        entry["quiesce_overlap_seconds"] = round(max(0.0, held.ended - ctx["down_since"]), 3)
+        entry["estimated_seconds_left"] = ctx.pop("prepass_ends_in", None)
+    if held.result:
+        ctx["prepass"] = held.result["snapshot_id"]
+        ctx["prepass_summary"] = held.result
 
 
 def quiesce(job: Job, ctx: dict) -> None:
@@ -186,38 +288,60 @@ def dump_db(job: Job, ctx: dict) -> None:
             entry["snapshot"] = snapshot.id
     except Exception:
         return
-    child = Job(job.kind, job.settings, job.task)
-    child.task_id = job.task_id
-    child.report.update(backup_id=job.report["backup_id"], trigger=job.report.get("trigger", "manual"))
-    held = Held(snapshot, child)
-
-    def stream():
-        try:
-            held.result = steps.dump_db(child, ctx["db_size"], snapshot=snapshot.id, full_id=False, nice=DUMP_NICE)
-        except Exception:
-            pass  # recorded on the child job
-        finally:
-            snapshot.close()
-            held.done.set()
-
-    held.thread = threading.Thread(target=stream, name=f"dump-{job.task_id[:8]}", daemon=True)
-    with _held_lock:
-        HELD[job.task_id] = held
-    ctx["dump_started"] = True
-    held.thread.start()
+    held = _hold(job, ctx, "dump_db", lambda child: steps.dump_db(
+        child, ctx["db_size"], snapshot=snapshot.id, full_id=False, nice=DUMP_NICE), snapshot=snapshot)
     if not job.settings.parallel_backup:
         held.done.wait()
 
 
 def restic_backup(job: Job, ctx: dict) -> None:
-    """The quiesced media pass, with the pre-pass as parent."""
+    """The quiesced media pass, with the pre-pass as parent: first the pre-pass's end, if it
+    was still running while the app quiesced. When nothing in the media changed since just
+    before the pre-pass began (tree_state), the pre-pass already is the media at this point:
+    it becomes the backup's snapshot (retagged in the background) and no second restic run
+    keeps the app down."""
+    _prepass_joined(job, ctx)
     if _skip(job, ctx):
+        return
+    if _media_unchanged(job, ctx):
+        ctx.setdefault("results", {})[layout.FILES] = dict(ctx["prepass_summary"])
+        short, tags = ctx["prepass"], steps.backup_tags(job)
+        _hold(job, ctx, "tidy_files", lambda child: _promote(job.settings, short, tags))
         return
     try:
         summary = steps.restic_backup(job, parent=ctx.get("prepass"), full_id=False)
         ctx.setdefault("results", {})[layout.FILES] = with_prepass(summary, ctx.get("prepass_summary"))
     except Exception:
-        pass
+        return
+    if not ctx.get("lost"):
+        _hold(job, ctx, "tidy_files", lambda child: _tidy_files(job.settings, summary["snapshot_id"]))
+
+
+def _media_unchanged(job: Job, ctx: dict) -> bool:
+    """Looks at the media tree again, with the app down: True when it is as it was just before
+    the pre-pass began. A tree that cannot be walked is read by restic instead."""
+    if not ctx.get("prepass") or not ctx.get("tree") or ctx.get("lost"):
+        return False
+    t0 = time.monotonic()
+    try:
+        now = tree_state.take(job.settings.files_dir)
+    except OSError as exc:
+        log.info("backup: the media tree changed while it was looked at (%s)", exc)
+        return False
+    if not tree_state.unchanged(tree_state.TreeState.from_dict(ctx["tree"]), now):
+        return False
+    with job.step("restic_backup") as entry:
+        entry.update(media_unchanged_since_prepass=True, looked_seconds=round(time.monotonic() - t0, 3),
+                     snapshot_id=ctx["prepass"])
+    return True
+
+
+def _promote(settings, short: str, tags: list[str]) -> dict:
+    """The pre-pass made the backup's media snapshot: the backup's tags instead of the pre-pass's
+    (restic saves it anew: the new full id is the report's). No pre-pass is left to forget."""
+    repo = layout.repository(settings, layout.FILES)
+    full = repo.full_ids([short], timeout=settings.discard_timeout).get(short, short)
+    return {"snapshot_id": repo.retag(full, tags, timeout=settings.discard_timeout), "prepass_forgotten": True}
 
 
 def with_prepass(summary: dict, prepass: dict | None) -> dict:
@@ -239,37 +363,37 @@ def resume(job: Job, ctx: dict) -> None:
 
 
 def _wait_for_dump(job: Job, ctx: dict) -> None:
-    if not ctx.get("dump_started"):
-        return
-    with _held_lock:
-        held = HELD.pop(job.task_id, None)
-    if held is None:
-        job.fail("dump_db", DumpLost("the database dump ran in a worker process that is gone (it was "
-                                     "restarted, or this link ran elsewhere): no database snapshot"))
-        return
-    held.done.wait()
-    job.report["steps"].update(held.job.report["steps"])
-    for error in held.job.errors:
-        if error not in job.errors:
-            job.errors.append(error)
-    if held.result:
+    held = join_held(job, ctx, "dump_db")
+    if held is not None and held.result:
         ctx.setdefault("results", {})[layout.DATABASE] = held.result
 
 
-def _tidy_files(job: Job, results: dict) -> None:
+def _tidy_files(settings, short: str) -> dict:
     """The quiesced pass's full id for the report (restic 0.14 prints short ones; the local cache
     has it) and every media pre-pass forgotten - this job's, and any a crashed job left: they
-    were only parents - in one restic run, while the dump still streams. A pre-pass left behind
-    is logged, not a failure (the next backup forgets it)."""
-    repo = layout.repository(job.settings, layout.FILES)
-    if layout.FILES in results:
-        short = results[layout.FILES]["snapshot_id"]
-        results[layout.FILES]["snapshot_id"] = repo.full_ids([short], timeout=job.settings.discard_timeout).get(short, short)
+    were only parents - in one restic run, started as soon as the quiesced pass is done, so it
+    runs while the app comes back and the dump streams. A pre-pass left behind is logged, not a
+    failure (the next backup forgets it)."""
+    repo = layout.repository(settings, layout.FILES)
+    done = {"snapshot_id": repo.full_ids([short], timeout=settings.discard_timeout).get(short, short)}
     try:
-        repo.forget_tagged(catalog.PREPASS_TAG, timeout=job.settings.discard_timeout)
-        job.report["prepass_forgotten"] = True
+        repo.forget_tagged(catalog.PREPASS_TAG, timeout=settings.discard_timeout)
+        done["prepass_forgotten"] = True
     except Exception as exc:
         log.warning("could not forget the media pre-pass snapshot(s): %s", exc)
+    return done
+
+
+def _files_tidied(job: Job, ctx: dict) -> None:
+    held = join_held(job, ctx, "tidy_files")
+    if held is None:
+        return
+    if held.error is not None:
+        job.fail("finish", held.error)
+    elif held.result:
+        ctx["results"][layout.FILES]["snapshot_id"] = held.result["snapshot_id"]
+        if held.result.get("prepass_forgotten"):
+            job.report["prepass_forgotten"] = True
 
 
 def _tidy_database(job: Job, results: dict) -> None:
@@ -283,21 +407,19 @@ def finish(job: Job, ctx: dict) -> dict:
     backup whose only failure is a slow resume is complete and kept (the report says what did
     not come back); any other failure forgets what was made, pre-pass included. After a lost
     lease nothing is touched: the repositories may be another job's now (the reconciler and
-    the next backup tidy up). The media side is tidied while the dump still streams."""
+    the next backup tidy up). The media side has been tidied since the quiesced pass ended."""
+    _prepass_joined(job, ctx)  # already, unless restic_backup never ran
     results = ctx.setdefault("results", {})
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-tidy") as pool:
-        files = pool.submit(_tidy_files, job, results) if layout.FILES in results and not ctx.get("lost") else None
-        _wait_for_dump(job, ctx)
-        resume_error = (job.report["steps"].get("resume") or {}).get("error")
-        complete = set(results) == set(layout.NAMES)
-        keep = not job.errors or (complete and job.errors == [resume_error])
-        try:
-            if files is not None:
-                files.result()
-            if keep and not ctx.get("lost") and layout.DATABASE in results:
-                _tidy_database(job, results)
-        except Exception as exc:
-            job.fail("finish", exc)
+    _wait_for_dump(job, ctx)
+    _files_tidied(job, ctx)
+    resume_error = (job.report["steps"].get("resume") or {}).get("error")
+    complete = set(results) == set(layout.NAMES)
+    keep = not job.errors or (complete and job.errors == [resume_error])
+    try:
+        if keep and not ctx.get("lost") and layout.DATABASE in results:
+            _tidy_database(job, results)
+    except Exception as exc:
+        job.fail("finish", exc)
     report = {
         **steps.summarize(job.settings, results),
         "deployments": ctx.get("deployments", {}),
@@ -308,7 +430,8 @@ def finish(job: Job, ctx: dict) -> dict:
         report["not_back"] = resume_error
     elif job.errors and not ctx.get("lost"):
         made = {name: [r["snapshot_id"]] for name, r in results.items()}
-        if ctx.get("prepass") and not job.report.get("prepass_forgotten"):
+        if ctx.get("prepass") and not job.report.get("prepass_forgotten") \
+                and ctx["prepass"] not in made.get(layout.FILES, []):
             made.setdefault(layout.FILES, []).append(ctx["prepass"])
         steps.discard(job, made)
     job.report.update(report)
@@ -401,7 +524,9 @@ def run_abort(task, ctx: dict, failure: str) -> dict | None:
     if job.lease is not None:
         names = list(settings.quiesce_deployments)
         steps.resume(job, steps.kube_for(job) if names else None, names)
+    _prepass_joined(job, ctx)
     _wait_for_dump(job, ctx)
+    _files_tidied(job, ctx)
     if job.lease is None:  # lost: the repositories may be another job's now
         return _ended(job)
     made: dict = {}

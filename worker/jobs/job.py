@@ -38,6 +38,12 @@ def report_key(task_id: str) -> str:
     return f"taiga-backup:report:{task_id}"
 
 
+def last_report_key(kind: str, state: str) -> str:
+    """The newest report of a kind of job in a final state (metrics export them; the backup
+    learns its quiesce lead from the last good one)."""
+    return f"taiga-backup:last:{kind}:{state.lower()}"
+
+
 class Job:
     """One running job: report, step timings, progress."""
 
@@ -149,7 +155,7 @@ def store_report(settings: Settings, report: dict) -> None:
         client = redis_connect(settings)
         payload = json.dumps(report, sort_keys=True)
         client.set(report_key(report["task_id"]), payload, ex=REPORT_TTL)
-        client.set(f"taiga-backup:last:{report['job']}:{report['state'].lower()}", payload)
+        client.set(last_report_key(report["job"], report["state"]), payload)
     except Exception as exc:
         log.warning("could not store the job report in Redis: %s", exc)
 

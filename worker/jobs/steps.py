@@ -96,14 +96,16 @@ def dump_db(job: Job, db_size: int, dbname: str | None = None, snapshot: str | N
 
 
 def restic_backup(job: Job, files_dir: str | None = None, *, step: str = "restic_backup", tags: list[str] | None = None,
-                  parent: str | None = None, full_id: bool = True, make_ready=None, pause: str | None = None) -> dict:
+                  parent: str | None = None, full_id: bool = True, make_ready=None, pause: str | None = None,
+                  watch=None) -> dict:
     """The media directory, backed up as `.` from inside it (the old procedure's layout), so a
     snapshot of another directory (a restore's kept previous media) has the same paths.
     `parent`: a pre-pass made a moment ago with the app up, so this pass reads only what changed.
     `make_ready(repo, error)`: called when restic cannot open or lock the repository; True when
     it made it usable (created it, removed a dead worker's lock), and the backup is tried again -
     so no separate restic run checks the repository first. `pause`: a test-only pause point
-    (database.pause_point) before restic starts."""
+    (database.pause_point) before restic starts. `watch(status)`: also sees every status line
+    (the backup chain's estimate of the pre-pass's end, worker.backups.backup_eta)."""
     settings = job.settings
     repo = layout.repository(settings, layout.FILES)
     with job.step(step) as entry:
@@ -112,6 +114,8 @@ def restic_backup(job: Job, files_dir: str | None = None, *, step: str = "restic
         def on_status(doc):
             pct = float(doc.get("percent_done") or 0) * 100
             job.progress(step, pct, f"{doc.get('files_done', 0)} files, {doc.get('bytes_done', 0)} bytes")
+            if watch is not None:
+                watch(doc)
 
         def attempt():
             return repo.backup_dir(files_dir or settings.files_dir, tags or backup_tags(job), on_status=on_status,
