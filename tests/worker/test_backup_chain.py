@@ -21,9 +21,9 @@ from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE, descendants
 from worker.jobs import backup_flow
 
 
-def niceness(worker, comm: str, argv_has: bytes = b"") -> list[int]:
-    """The nice values of the worker's descendants named `comm` (field 19 of /proc/<pid>/stat)
-    whose command line has `argv_has`."""
+def processes(worker) -> list[tuple[int, str, list[bytes], int]]:
+    """(pid, name, argv, nice) of each of the worker's descendants, from /proc (the nice value
+    is field 19 of /proc/<pid>/stat)."""
     found = []
     for pid in descendants(worker.proc.pid):
         try:
@@ -34,9 +34,13 @@ def niceness(worker, comm: str, argv_has: bytes = b"") -> list[int]:
         except OSError:
             continue
         name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if name == comm and (not argv_has or argv_has in argv):
-            found.append(int(rest[16]))
+        found.append((pid, name, argv, int(rest[16])))
     return found
+
+
+def niceness(worker, comm: str, argv_has: bytes = b"") -> list[int]:
+    """The nice values of the worker's descendants named `comm` whose command line has `argv_has`."""
+    return [nice for _, name, argv, nice in processes(worker) if name == comm and (not argv_has or argv_has in argv)]
 
 
 def links_of(app, task_id: str) -> list[dict]:
@@ -291,7 +295,7 @@ def test_downtime_does_not_grow_with_the_data(repos, start_worker, celery_client
     assert big - small < 1.0 + 0.15 * (big_data - small_data)
 
 
-def _learn_the_quiesce_time(site, celery_client) -> float:
+def _learn_the_quiesce_time(site, celery_client) -> dict:
     """A first backup: the next one starts quiescing as long before its pre-pass ends as this
     one's quiesce took (pods take 1.5 s to stop here)."""
     report = celery_client.send_task("taiga_backup.backup").get(timeout=120)
@@ -306,15 +310,8 @@ def _new_uploads(site, megabytes: int) -> None:
 
 
 def _prepass_restic(worker) -> list[int]:
-    found = []
-    for pid in descendants(worker.proc.pid):
-        try:
-            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if os.path.basename(argv[0]) == b"restic" and b"backup" in argv and b"taiga-backup-prepass" in b" ".join(argv):
-            found.append(pid)
-    return found
+    """The pids of the media pre-pass's restic (the one run tagged as a pre-pass)."""
+    return [pid for pid, name, argv, _ in processes(worker) if name == "restic" and b"taiga-backup-prepass" in argv]
 
 
 @pytest.mark.slow

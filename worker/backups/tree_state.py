@@ -19,7 +19,7 @@ import hashlib
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 RACY_SECONDS = 2.0
 
@@ -29,7 +29,6 @@ class TreeState:
     digest: str
     taken_ns: int  # time.time_ns() just before the walk
     newest_ns: int  # the newest mtime or ctime in the tree
-    entries: int
 
     @property
     def racy(self) -> bool:
@@ -37,24 +36,23 @@ class TreeState:
         return self.newest_ns >= self.taken_ns - int(RACY_SECONDS * 1e9)
 
     def as_dict(self) -> dict:
-        return {"digest": self.digest, "taken_ns": self.taken_ns, "newest_ns": self.newest_ns, "entries": self.entries}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "TreeState":
-        return cls(doc["digest"], doc["taken_ns"], doc["newest_ns"], doc["entries"])
+        return cls(**doc)
 
 
 def take(root: str) -> TreeState:
     """The state of everything below `root` (and root itself), without following symlinks."""
     taken = time.time_ns()
     digest = hashlib.sha256()
-    newest, entries = 0, 0
+    newest = 0
     todo = [(root, "")]
     while todo:
         path, rel = todo.pop()
         st = os.lstat(path)
         newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-        entries += 1
         digest.update(f"{rel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
                       f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0".encode("utf-8", "surrogateescape"))
         if stat.S_ISLNK(st.st_mode):
@@ -62,9 +60,9 @@ def take(root: str) -> TreeState:
         elif stat.S_ISDIR(st.st_mode):
             names = sorted(os.listdir(path), reverse=True)  # popped in name order
             todo.extend((os.path.join(path, name), f"{rel}/{name}") for name in names)
-    return TreeState(digest.hexdigest(), taken, newest, entries)
+    return TreeState(digest.hexdigest(), taken, newest)
 
 
 def unchanged(before: TreeState, now: TreeState) -> bool:
     """Nothing in the tree changed from `before` to `now`, for certain."""
-    return not before.racy and before.digest == now.digest and before.entries == now.entries
+    return not before.racy and before.digest == now.digest

@@ -52,8 +52,8 @@ class StepLost(OperatorError):
 class Held:
     """A step still running in a thread of this worker after its link returned - the media
     pre-pass's last seconds while the app is quiescing, the dump streaming the exported snapshot
-    (and its open transaction) - which records its step and errors on a job of its own until a
-    later link joins it (join_held)."""
+    (and its open transaction), the media tidy-up - which records its step and errors on a job
+    of its own until a later link joins it (join_held)."""
 
     job: Job
     snapshot: postgres.ExportedSnapshot | None = None
@@ -231,10 +231,9 @@ def media_prepass(job: Job, ctx: dict) -> None:
     the app never touched."""
     if _skip(job, ctx):
         return
-    try:  # before restic reads a byte: what the quiesced point is compared with
-        ctx["tree"] = tree_state.take(job.settings.files_dir).as_dict()
-    except OSError as exc:  # an entry went away mid-walk: the quiesced pass reads what changed
-        log.info("backup: the media tree changed while it was looked at (%s)", exc)
+    tree = _look(job)  # before restic reads a byte: what the quiesced point is compared with
+    if tree is not None:
+        ctx["tree"] = tree.as_dict()
     eta = prepass_eta(job)
     held = _hold(job, ctx, "media_prepass", lambda child: steps.restic_backup(
         child, step="media_prepass", tags=prepass_tags(job), full_id=False, make_ready=_files_ready(job),
@@ -317,18 +316,23 @@ def restic_backup(job: Job, ctx: dict) -> None:
         _hold(job, ctx, "tidy_files", lambda child: _tidy_files(job.settings, summary["snapshot_id"]))
 
 
-def _media_unchanged(job: Job, ctx: dict) -> bool:
-    """Looks at the media tree again, with the app down: True when it is as it was just before
-    the pre-pass began. A tree that cannot be walked is read by restic instead."""
-    if not ctx.get("prepass") or not ctx.get("tree") or ctx.get("lost"):
-        return False
-    t0 = time.monotonic()
+def _look(job: Job) -> tree_state.TreeState | None:
+    """The media tree's state; None when an entry went away mid-walk (restic then reads what changed)."""
     try:
-        now = tree_state.take(job.settings.files_dir)
+        return tree_state.take(job.settings.files_dir)
     except OSError as exc:
         log.info("backup: the media tree changed while it was looked at (%s)", exc)
+        return None
+
+
+def _media_unchanged(job: Job, ctx: dict) -> bool:
+    """Looks at the media tree again, with the app down: True when it is as it was just before
+    the pre-pass began."""
+    if not ctx.get("prepass") or not ctx.get("tree"):
         return False
-    if not tree_state.unchanged(tree_state.TreeState.from_dict(ctx["tree"]), now):
+    t0 = time.monotonic()
+    now = _look(job)
+    if now is None or not tree_state.unchanged(tree_state.TreeState.from_dict(ctx["tree"]), now):
         return False
     with job.step("restic_backup") as entry:
         entry.update(media_unchanged_since_prepass=True, looked_seconds=round(time.monotonic() - t0, 3),
