@@ -7,10 +7,9 @@ Celery app does not need the repository settings.
 
 from __future__ import annotations
 
-from celery.schedules import crontab
-
 from worker.jobs import requests
-from worker.settings import read
+from worker.jobs.job import SCHEDULED_LIFETIME
+from worker.settings import cron_schedule, read
 
 # (setting, task); the cron expression and its default live in the settings table; "off" drops it
 SCHEDULED = (
@@ -22,11 +21,6 @@ SCHEDULED = (
 RECONCILE_EVERY_SECONDS = 60.0
 
 
-def cron(expr: str) -> crontab:
-    minute, hour, dom, month, dow = expr.split()
-    return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow)
-
-
 def build_schedule(env=None) -> dict:
     schedule = {}
     for setting, task in SCHEDULED:
@@ -34,9 +28,10 @@ def build_schedule(env=None) -> dict:
         if expr is None:
             continue
         schedule[task.split(".", 1)[1]] = {
-            "task": task, "schedule": cron(expr), "kwargs": {"trigger": "schedule"},
-            # a missed nightly run is not queued up behind the next one
-            "options": {"expires": 6 * 3600},
+            "task": task, "schedule": cron_schedule(expr), "kwargs": {"trigger": "schedule"},
+            # a missed nightly run is not queued up behind the next one; a job that finds the
+            # repository busy retries for as long (run_scheduled)
+            "options": {"expires": SCHEDULED_LIFETIME},
         }
     schedule["reconcile"] = {"task": requests.RECONCILE, "schedule": RECONCILE_EVERY_SECONDS,
                              "options": {"expires": RECONCILE_EVERY_SECONDS}}

@@ -8,7 +8,7 @@ the database snapshot's transaction and the dump streaming it live in this proce
 the links wait in a queue nobody reads, the lease runs out and the reconciler resumes the app
 and fails the job. The app is down only from quiesce to resume: the media was read once before
 (the pre-pass), and the dump streams an exported snapshot after the app is back
-(worker/jobs/backup_flow.py).
+(worker/jobs/backup_flow.py; the links' plumbing: worker/jobs/backup_chain.py).
 """
 
 from __future__ import annotations
@@ -16,19 +16,17 @@ from __future__ import annotations
 from celery import chain
 
 from worker.celery_app import app, pinned_queue
-from worker.jobs import backup_flow, requests
+from worker.jobs import backup_chain, backup_flow, requests
 from worker.jobs.job import begin_job, end_job, record_failure, run_job
 
-take_backup = backup_flow.take_backup  # the same steps in this process, without the queue
 
-
-def backup_chain(ctx: dict, queue: str):
+def links(ctx: dict, queue: str):
     """The links, each pinned to this worker process's own queue; the errback is not pinned
     (any worker may tidy up after a link that raised)."""
-    names = [*backup_flow.LINKS, backup_flow.FINISH]
-    links = [app.signature(name, args=(ctx,) if i == 0 else (), queue=queue) for i, name in enumerate(names)]
-    canvas = chain(*links)
-    canvas.link_error(app.signature(backup_flow.ABORT, kwargs={"ctx": ctx}))
+    signatures = [app.signature(name, args=(ctx,) if i == 0 else (), queue=queue)
+                  for i, name in enumerate(backup_chain.ORDER)]
+    canvas = chain(*signatures)
+    canvas.link_error(app.signature(backup_chain.ABORT, kwargs={"ctx": ctx}))
     return canvas
 
 
@@ -38,14 +36,12 @@ def backup(self, *args, **kwargs):
     trigger = requests.keyword_fields(requests.BACKUP, args, kwargs, {})["trigger"]
     queue = pinned_queue()
     if self.request.is_eager or queue is None:
-        return run_job(self, "backup", lambda job: take_backup(job, trigger))
+        return run_job(self, "backup", lambda job: backup_flow.take_backup(job, trigger))
     job = begin_job(self, "backup", notify_refusal=True)
     try:
-        ctx = backup_flow.start(job, trigger)
-        ctx["lease"] = job.lease.value
-        canvas = backup_chain(ctx, queue)
+        canvas = links(backup_flow.start(job, trigger).to_json(), queue)
     except Exception as exc:
         record_failure(job, "backup", exc)
         return end_job(job)
-    backup_flow.hand_over(job)  # the links renew the lease from here on
+    backup_chain.hand_over(job)  # the links renew the lease from here on
     return self.replace(canvas)

@@ -16,12 +16,12 @@ from celery import states
 from celery.result import AsyncResult
 
 from worker import redact
-from worker.adapters.redis_store import connect as redis_connect
+from worker.adapters.redis_store import connect as redis_connect, report_key
 from worker.backups import catalog, layout
 from worker.celery_app import app
 from worker.errors import JobFailed
 from worker.jobs import requests, restore_steps, steps
-from worker.jobs.job import Job, load_settings, now_iso, report_key, store_report
+from worker.jobs.job import Job, load_settings, now_iso, store_report
 from worker.jobs.lease import JobBusy, JobLock
 from worker.runtime import control
 

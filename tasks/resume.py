@@ -8,7 +8,7 @@ The backup chain uses this same task as its resume link (with the chain's contex
 from __future__ import annotations
 
 from worker.celery_app import app
-from worker.jobs import backup_flow, requests, steps
+from worker.jobs import backup_chain, requests, steps
 from worker.jobs.job import Job, run_job
 
 
@@ -16,8 +16,8 @@ from worker.jobs.job import Job, run_job
 def resume(self, *args, **kwargs):
     """With no arguments: the operator's lever. With a backup chain's context: that chain's
     resume link (the same task, so Flower shows `taiga_backup.resume` in every backup)."""
-    if backup_flow.is_context(args, kwargs):
-        return backup_flow.run_link(self, args[0], requests.RESUME)
+    if backup_chain.is_context(args, kwargs):
+        return backup_chain.run_link(self, args[0], requests.RESUME)
     requests.no_arguments(requests.RESUME, args, kwargs)
 
     def body(job: Job):

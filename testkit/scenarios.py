@@ -28,7 +28,7 @@ _seeds = itertools.count(100)
 
 def run_backup(trigger="manual"):
     """The backup job in this process (no queue), as the task runs it."""
-    from tasks.backup import take_backup
+    from worker.jobs.backup_flow import take_backup
     from worker.jobs.job import run_job
 
     return run_job(None, "backup", lambda job: take_backup(job, trigger))

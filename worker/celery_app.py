@@ -14,6 +14,7 @@ from celery import Celery
 from celery import signals as celery_signals
 
 import beat_schedule
+from worker.jobs.job import REPORT_TTL
 from worker.runtime import control, security, signals  # noqa: F401 (connect handlers, register commands)
 from worker.settings import broker_urls, read
 
@@ -34,7 +35,7 @@ def make_app(env=None) -> Celery:
         result_accept_content=["json"],
         task_track_started=True,          # PENDING -> STARTED -> PROGRESS -> SUCCESS/FAILURE
         result_extended=True,             # name/args/kwargs in the result (never secrets)
-        result_expires=30 * 24 * 3600,
+        result_expires=REPORT_TTL,        # as long as our own reports
         # Early ack + no prefetch: a long backup is never redelivered and run twice; a crash
         # loses the message instead, and crash recovery (reconciler) does not depend on it.
         task_acks_late=False,

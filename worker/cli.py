@@ -54,7 +54,7 @@ def _settings():
 def _report(settings_or_none, task_id: str) -> dict | None:
     """Our own report (kept in Redis for failures too), if the job got far enough to write one."""
     from worker.adapters.redis_store import connect
-    from worker.jobs.job import report_key
+    from worker.adapters.redis_store import report_key
 
     try:
         from worker.settings import Settings

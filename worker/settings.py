@@ -187,15 +187,20 @@ def _password_file(name, raw):
     return raw
 
 
-def validate_cron(name: str, expr: str) -> str:
-    """Five cron fields; checked by celery's own parser so beat never starts with a bad one."""
-    parts = expr.split()
-    if len(parts) != 5:
-        raise SettingsError(f"{name}: expected 5 cron fields (minute hour day month weekday), got {expr!r}")
+def cron_schedule(expr: str):
+    """Five cron fields as Celery's crontab (beat's schedule, and the check that it parses)."""
     from celery.schedules import crontab
 
+    minute, hour, dom, month, dow = expr.split()
+    return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow)
+
+
+def validate_cron(name: str, expr: str) -> str:
+    """Five cron fields; checked by celery's own parser so beat never starts with a bad one."""
+    if len(expr.split()) != 5:
+        raise SettingsError(f"{name}: expected 5 cron fields (minute hour day month weekday), got {expr!r}")
     try:
-        crontab(*parts[:2], day_of_month=parts[2], month_of_year=parts[3], day_of_week=parts[4])
+        cron_schedule(expr)
     except Exception as exc:  # celery raises ValueError / ParseException
         raise SettingsError(f"{name}: invalid cron expression {expr!r}: {exc}") from None
     return expr
@@ -233,6 +238,7 @@ class Setting:
     parse: Parser
     doc: str
     secret: bool = False      # may come as NAME_FILE; never printed
+    secret_file: bool = False  # the value is a file whose content is a secret (redacted like one)
     required: bool = False
     blank_ok: bool = False    # an empty value means "none" rather than "the default"
     missing: str = ""         # the error when a required one is missing
@@ -267,10 +273,10 @@ SETTINGS: tuple[Setting, ...] = (
             "base URL of the repositories; `files` and `pg-database` live below it", required=True,
             missing="RESTIC_REPOSITORY must be set (base URL; files and pg-database live below it)"),
     Setting("RESTIC_PASSWORD_FILE", "restic_password_file", None, _password_file,
-            "file holding the repositories' password", required=True,
+            "file holding the repositories' password", required=True, secret_file=True,
             missing="RESTIC_PASSWORD_FILE must be set (a file holding the repository password)"),
     Setting("RESTIC_NEW_PASSWORD_FILE", "restic_new_password_file", None, _text,
-            "file holding the new password, for change-password"),
+            "file holding the new password, for change-password", secret_file=True),
     Setting("RESTIC_HOST", "restic_host", "taiga-backup", _host_name,
             "host name recorded in snapshots (stable, so retention and parents work across pods)"),
     Setting("RESTIC_CACHE_DIR", "cache_dir", None, _text, "restic's cache directory"),
@@ -511,24 +517,28 @@ class Settings:
         return cls(**values)
 
     def secrets(self) -> list[str]:
-        """Every secret value, for the log/exception redactor."""
-        values = [f.reveal() for f in (self.aws_access_key_id, self.aws_secret_access_key, self.pg_password,
-                                       self.notify_webhook_url, self.healthcheck_ping_url,
-                                       self.verify_pg_password) if f]
-        for path in (self.restic_password_file, self.restic_new_password_file):
-            if path:
+        """Every secret value, for the log/exception redactor: derived from the table (`secret`,
+        `secret_file`), so a secret setting added there is redacted without more code. A secret
+        kept as plain text (a broker URL) gives its password."""
+        values = []
+        for s in SETTINGS:
+            value = getattr(self, s.field) if s.field else None
+            if not value:
+                continue
+            if s.secret_file:
                 try:
-                    value = Path(path).read_text().strip("\r\n")
+                    value = Path(value).read_text().strip("\r\n")
                 except OSError:
                     continue
-                if value:
-                    values.append(value)
-        for url in (self.broker_url, self.result_backend):
-            match = re.match(r"^\w+://(?:[^:@/]*):([^@/]+)@", url)
-            if match:
-                values.append(match.group(1))
-        return values
+                values.append(value)
+            elif isinstance(value, Secret):
+                values.append(value.reveal())
+            elif s.secret:
+                match = re.match(r"^\w+://(?:[^:@/]*):([^@/]+)@", value)
+                if match:
+                    values.append(match.group(1))
+        return [v for v in values if v]
 
 
 __all__ = ["Settings", "SettingsError", "Secret", "SETTINGS", "Setting", "read", "read_secret", "broker_urls",
-           "redis_tls", "signing", "validate_cron", "validate_timezone"]
+           "redis_tls", "signing", "cron_schedule", "validate_cron", "validate_timezone"]

@@ -20,6 +20,7 @@ from tasks.check import check_repositories
 from worker.errors import JobFailed
 from worker.jobs.job import run_job
 from worker.backups import layout, restic_locks
+from worker.adapters import redis_store
 from worker.adapters.redis_store import connect as redis_connect
 
 AS_HOST = ("import os, socket, sys\n"
@@ -71,7 +72,7 @@ def no_holder_outlives_its_test():
 
 def stopped_worker(site, host: str, seconds_ago: float = 600) -> None:
     """The heartbeat record a taiga-backup worker left when its pod died."""
-    redis_connect(site.settings()).hset(restic_locks.WORKERS_KEY, host, int(time.time() - seconds_ago))
+    redis_connect(site.settings()).hset(redis_store.WORKERS_KEY, host, int(time.time() - seconds_ago))
 
 
 def check():

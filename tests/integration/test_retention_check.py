@@ -14,7 +14,7 @@ from tasks.check import check, check_repositories
 from tasks import prune as prune_task
 from tasks.prune import prune_repositories
 from tasks.verify import verify
-from tasks.backup import take_backup
+from worker.jobs.backup_flow import take_backup
 from worker.errors import JobFailed, RequestInvalid
 from worker.jobs.job import run_job
 from worker.backups import retention

@@ -11,7 +11,7 @@ import pytest
 from testkit import dataset
 from testkit.site import NAMESPACE
 
-from tasks.backup import take_backup
+from worker.jobs.backup_flow import take_backup
 from tasks.verify import verify_latest
 from worker.errors import JobFailed
 from worker.jobs.job import run_job

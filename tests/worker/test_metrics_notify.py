@@ -15,7 +15,7 @@ from testkit.scenarios import start_idle_worker
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.servers import free_port
-from tasks.backup import take_backup
+from worker.jobs.backup_flow import take_backup
 from worker.jobs.job import run_job
 from worker.adapters import notify
 from worker.settings import SettingsError

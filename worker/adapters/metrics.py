@@ -15,6 +15,7 @@ from typing import Callable
 
 from prometheus_client import Counter, Gauge, start_http_server
 
+from worker.adapters import redis_store
 from worker.adapters.restic import parse_time
 
 log = logging.getLogger("taiga_backup.metrics")
@@ -126,12 +127,10 @@ def quiesced(deployments: dict[str, bool]) -> None:
 
 
 def seed_from_redis(settings) -> int:
-    """The last reports (`taiga-backup:last:<kind>:<state>`), oldest first; returns how many."""
-    from worker.adapters.redis_store import connect
-
-    client = connect(settings)
+    """The last reports (redis_store.last_report_key), oldest first; returns how many."""
+    client = redis_store.connect(settings)
     reports = []
-    for key in client.scan_iter(match="taiga-backup:last:*", count=100):
+    for key in client.scan_iter(match=redis_store.LAST_REPORT_PATTERN, count=100):
         try:
             report = json.loads(client.get(key) or "null")
         except ValueError:

@@ -13,12 +13,24 @@ from worker.adapters.restic import parse_time
 from worker.backups import layout
 from worker.settings import Settings
 
+# the tags of a backup's two snapshots (backup_tags) and of its media pre-pass (prepass_tags)
+PRODUCT_TAG = "taiga-backup"
 ID_TAG = "backup-id="
 # a backup's media pre-pass (made with the app up, the parent of the quiesced pass): never a backup
 PREPASS_TAG = "taiga-backup-prepass"
 PREPASS_OF_TAG = "prepass-of="
 KIND_TAG = "kind="
 LEGACY_MAX_GAP_SECONDS = 6 * 3600
+
+
+def backup_tags(backup_id: str, trigger: str) -> list[str]:
+    """Tags shared by the two snapshots of one backup: how restore finds a backup's partner."""
+    return [PRODUCT_TAG, ID_TAG + backup_id, KIND_TAG + trigger]
+
+
+def prepass_tags(backup_id: str) -> list[str]:
+    """Not a backup's tags: pair() skips these, so a pre-pass is never listed as a backup."""
+    return [PREPASS_TAG, PREPASS_OF_TAG + backup_id]
 
 
 def _tag(snapshot: dict, prefix: str) -> str | None:
@@ -46,7 +58,7 @@ class Backup:
         return min(times)
 
     def snapshot_ids(self) -> dict:
-        return {"files": self.files and self.files["id"], "pg-database": self.database and self.database["id"]}
+        return {layout.FILES: self.files and self.files["id"], layout.DATABASE: self.database and self.database["id"]}
 
     def as_dict(self) -> dict:
         return {"backup_id": self.id, "time": self.time.strftime("%Y-%m-%dT%H:%M:%SZ"), "kind": self.kind,
@@ -58,7 +70,7 @@ def pair(files: list[dict], database: list[dict]) -> list[Backup]:
     """Builds the backup list (oldest first) from both repositories' snapshot lists."""
     by_id: dict[str, dict] = {}
     legacy_files, legacy_db = [], []
-    for repo, snaps, legacy in (("files", files, legacy_files), ("pg-database", database, legacy_db)):
+    for repo, snaps, legacy in ((layout.FILES, files, legacy_files), (layout.DATABASE, database, legacy_db)):
         for snap in snaps:
             if PREPASS_TAG in (snap.get("tags") or []):
                 continue
@@ -68,7 +80,7 @@ def pair(files: list[dict], database: list[dict]) -> list[Backup]:
                 entry[repo] = snap
             else:
                 legacy.append(snap)
-    backups = [Backup(bid, e.get("files"), e.get("pg-database"), e["kind"], True) for bid, e in by_id.items()]
+    backups = [Backup(bid, e.get(layout.FILES), e.get(layout.DATABASE), e["kind"], True) for bid, e in by_id.items()]
     unmatched_files = sorted(legacy_files, key=lambda s: parse_time(s["time"]))
     for db in sorted(legacy_db, key=lambda s: parse_time(s["time"])):
         t = parse_time(db["time"])

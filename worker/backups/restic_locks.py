@@ -21,13 +21,13 @@ import threading
 import time
 from typing import Callable
 
+from worker.adapters import redis_store
 from worker.adapters.restic import Repository, parse_time
 from worker.errors import OperatorError
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORKERS_KEY = "taiga-backup:workers"
 HEARTBEAT_SECONDS = 30.0
 DEAD_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
 FORGET_AFTER_SECONDS = 24 * 3600.0  # restic itself calls any lock stale after 30 min
@@ -43,10 +43,10 @@ class RepositoryLocked(OperatorError):
 def heartbeat(client, host: str | None = None, *, stopped: bool = False) -> None:
     """Records this worker host as alive (or as cleanly stopped) and forgets hosts long gone."""
     now = time.time()
-    client.hset(WORKERS_KEY, host or socket.gethostname(), 0 if stopped else int(now))
-    old = [h for h, seen in client.hgetall(WORKERS_KEY).items() if 0 < float(seen) < now - FORGET_AFTER_SECONDS]
+    client.hset(redis_store.WORKERS_KEY, host or socket.gethostname(), 0 if stopped else int(now))
+    old = [h for h, seen in client.hgetall(redis_store.WORKERS_KEY).items() if 0 < float(seen) < now - FORGET_AFTER_SECONDS]
     if old:
-        client.hdel(WORKERS_KEY, *old)
+        client.hdel(redis_store.WORKERS_KEY, *old)
 
 
 def start_heartbeat(connect: Callable[[], object], interval: float = HEARTBEAT_SECONDS) -> threading.Event:
@@ -70,7 +70,7 @@ def start_heartbeat(connect: Callable[[], object], interval: float = HEARTBEAT_S
 
 
 def worker_hosts(client) -> dict[str, float]:
-    return {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in client.hgetall(WORKERS_KEY).items()}
+    return {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in client.hgetall(redis_store.WORKERS_KEY).items()}
 
 
 # -- locks ------------------------------------------------------------------------------------

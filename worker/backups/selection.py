@@ -69,7 +69,7 @@ def stamp(moment: datetime) -> str:
 
 
 def _incomplete(backup: Backup) -> str:
-    missing = [name for name, snap in (("files", backup.files), ("pg-database", backup.database)) if snap is None]
+    missing = [name for name, snap in backup.snapshot_ids().items() if snap is None]
     return f"backup {backup.id} is incomplete: it has no snapshot in {' or '.join(missing)}"
 
 

@@ -13,8 +13,8 @@ after a SIGKILL, before the reconciler scales the app back up - finds it (Redis 
 restarted empty; a Deployment annotation would be lost with the namespace). `settle` then makes
 the media match the database: the database renames are atomic, so the database says whether the
 switch happened, and the journal says how far the media moves got. Media positions, in order:
-"old" (live entries in the root) -> "A" (moving them into the kept folder) -> "B" (moving the
-staged ones in) -> "new". Within each segment the place of every entry is known, so both
+"old" (live entries in the root) -> "moving_out" (moving them into the kept folder) ->
+"moving_in" (moving the staged ones in) -> "new". Within each segment the place of every entry is known, so both
 directions can be finished from any point.
 """
 
@@ -37,7 +37,12 @@ from worker.settings import Settings
 SIDE = "__restore_"
 BEFORE = "__before_"
 ID_FORMAT = re.compile(r"\d{14}")
-VERSION = 1
+VERSION = 2
+# the media positions of a journal, in the forward order (module docstring)
+OLD, MOVING_OUT, MOVING_IN, NEW = "old", "moving_out", "moving_in", "new"
+POSITIONS = (OLD, MOVING_OUT, MOVING_IN, NEW)
+# a version-1 journal (written before the positions had names) is read with its old letters
+_V1_POSITIONS = {"A": MOVING_OUT, "B": MOVING_IN}
 HOLDER_SUFFIX = ".holder"  # `.taiga-backup-restore-<id>.holder`: which worker process uses that restore's copies
 LiveHolders = Callable[[], set]
 
@@ -111,10 +116,13 @@ def read_journal(settings: Settings) -> dict | None:
     except (OSError, ValueError) as exc:
         raise SwitchError(f"the switch journal {_journal_path(settings)} cannot be read ({exc}): look at the "
                           "database names and media folders by hand before removing it") from None
+    if isinstance(doc, dict) and doc.get("version") == 1:
+        doc["media"] = _V1_POSITIONS.get(doc.get("media"), doc.get("media"))
+        doc["version"] = VERSION
     rid = doc.get("id") if isinstance(doc, dict) else None
     source = doc.get("source") if isinstance(doc, dict) else None
     if not (isinstance(rid, str) and ID_FORMAT.fullmatch(rid) and doc.get("direction") in ("forward", "back")
-            and doc.get("media") in ("old", "A", "B", "new") and isinstance(source, str)
+            and doc.get("media") in POSITIONS and isinstance(source, str)
             and os.path.normpath(source).split(os.sep)[0] == media.PREFIX + rid and ".." not in source.split("/")):
         raise SwitchError(f"the switch journal {_journal_path(settings)} is not one of ours: look at it by hand")
     return doc
@@ -167,20 +175,21 @@ def _media_to(settings: Settings, doc: dict, goal: str, ids: tuple[int, int] | N
         if pause:
             database.pause_point(pause)
 
-    # forward: old -A-> (live entries out) -B-> (staged entries in) new; back: the same, reversed
-    if goal == "new":
-        if doc["media"] in ("old", "A"):
-            segment("A", root, kept, "switch")
-        if doc["media"] != "new":
-            segment("B", source, root)
+    # forward: old -> moving_out (live entries out) -> moving_in (staged entries in) -> new;
+    # back: the same, reversed
+    if goal == NEW:
+        if doc["media"] in (OLD, MOVING_OUT):
+            segment(MOVING_OUT, root, kept, "switch")
+        if doc["media"] != NEW:
+            segment(MOVING_IN, source, root)
         for path in (root, os.path.join(root, media.MARKER)) if ids else ():
             if os.path.lexists(path):
                 os.lchown(path, *ids)
     else:
-        if doc["media"] in ("new", "B"):
-            segment("B", root, source, "undo")
-        if doc["media"] != "old" and os.path.isdir(kept):
-            segment("A", kept, root)
+        if doc["media"] in (NEW, MOVING_IN):
+            segment(MOVING_IN, root, source, "undo")
+        if doc["media"] != OLD and os.path.isdir(kept):
+            segment(MOVING_OUT, kept, root)
     doc["media"] = goal
 
 

@@ -16,61 +16,31 @@ Each step is a plain function so the Celery chain (tasks/backup_steps.py, one ta
 and the in-process run (take_backup: tests, and whoever needs a backup without the queue) run
 the same code. Steps never raise: a failure is recorded on the job and the later data steps
 are skipped, while `resume` always runs once `quiesce` has started, and `finish` fails the job
-with the first error. `ctx` is plain JSON, passed from link to link (Celery keeps it in Redis):
-no secret goes in it. What cannot be JSON - the pre-pass's last seconds, the open snapshot
-transaction and the running pipe, the media tidy-up - runs on in this process (HELD, joined by
-a later link) and pins the later links to this worker.
+with the first error. `ctx` is the BackupContext passed from link to link as JSON (Celery keeps
+it in Redis): no secret goes in it. What cannot be JSON - the pre-pass's last seconds, the open snapshot
+transaction and the running pipe, the media tidy-up - runs on in this process (worker.jobs.held,
+joined by a later link) and pins the later links to this worker.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from worker.adapters import postgres
-from worker.adapters.redis_store import connect as redis_connect
+from worker.adapters.redis_store import connect as redis_connect, last_report_key
 from worker.adapters.restic import ResticError
 from worker.backups import catalog, layout, restic_locks, tree_state
 from worker.backups.backup_eta import BackupEta
-from worker.errors import OperatorError
 from worker.jobs import steps
-from worker.jobs.job import Job, end_job, last_report_key, load_settings
-from worker.jobs.lease import JobLock, LeaseLost
+from worker.jobs.backup_context import BackupContext
+from worker.jobs.held import hold, join_held
+from worker.jobs.job import Job
+from worker.jobs.lease import LeaseLost
 
 log = logging.getLogger("taiga_backup.backup")
-
-
-class StepLost(OperatorError):
-    """The worker holding a step's in-process state is not the one running this link."""
-
-
-@dataclass
-class Held:
-    """A step still running in a thread of this worker after its link returned - the media
-    pre-pass's last seconds while the app is quiescing, the dump streaming the exported snapshot
-    (and its open transaction), the media tidy-up - which records its step and errors on a job
-    of its own until a later link joins it (join_held)."""
-
-    job: Job
-    snapshot: postgres.ExportedSnapshot | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict | None = None
-    error: Exception | None = None  # what it raised (a step records its own on the job too)
-    thread: threading.Thread | None = None
-    ended: float = 0.0  # time.time() when it ended
-
-
-HELD: dict[tuple[str, str], Held] = {}  # (job's task id, step) -> what runs on
-_held_lock = threading.Lock()
-# the job's lease in this process, renewed from one link to the next (JobLock.pause(grace))
-LEASES: dict[str, JobLock] = {}
-# what a held step was, for the error when the worker holding it is gone
-_HELD_WHAT = {"media_prepass": "the media pre-pass", "dump_db": "the database dump",
-              "tidy_files": "the media snapshot's full id lookup (or retagging)"}
 
 
 # the niceness of the background dump: it starts while the app is down, beside the quiesced media
@@ -79,29 +49,24 @@ _HELD_WHAT = {"media_prepass": "the media pre-pass", "dump_db": "the database du
 DUMP_NICE = 10
 
 
-def prepass_tags(job: Job) -> list[str]:
-    """Not the backup's tags: catalog.pair skips these, so a pre-pass is never listed as a backup."""
-    return [catalog.PREPASS_TAG, catalog.PREPASS_OF_TAG + job.report["backup_id"]]
-
-
-def _skip(job: Job, ctx: dict) -> bool:
+def _skip(job: Job, ctx: BackupContext) -> bool:
     """A data step runs only while nothing has failed and the lease is still ours."""
-    if job.lease is not None and not ctx.get("lost"):
+    if job.lease is not None and not ctx.lost:
         try:
             job.lease.check()
         except LeaseLost as exc:
-            ctx["lost"] = True
+            ctx.lost = True
             job.fail("lease", exc)
-    return bool(job.errors) or bool(ctx.get("lost"))
+    return bool(job.errors) or bool(ctx.lost)
 
 
-def _kube(job: Job, ctx: dict):
-    return steps.kube_for(job) if ctx["names"] else None
+def _kube(job: Job, ctx: BackupContext):
+    return steps.kube_for(job) if ctx.names else None
 
 
 # -- the steps ------------------------------------------------------------------------------
 
-def prepare(job: Job, ctx: dict) -> None:
+def prepare(job: Job, ctx: BackupContext) -> None:
     """Everything that can fail before the app is touched, within PREFLIGHT_TIMEOUT: database
     reachable, Kubernetes answering for every deployment, the database repository open (one
     restic run: listing the locks opens the repository and shows whether anything is in the
@@ -133,7 +98,7 @@ def prepare(job: Job, ctx: dict) -> None:
             elif locks:
                 _make_way(job, repo, entry)
             entry["database_bytes"] = facts["size_bytes"]
-            ctx.update(names=names, db_size=facts["size_bytes"])
+            ctx.names, ctx.db_size = names, facts["size_bytes"]
     except Exception:
         pass  # recorded by the step; finish fails the job
 
@@ -159,52 +124,6 @@ def _files_ready(job: Job):
     return make_ready
 
 
-def _hold(job: Job, ctx: dict, step: str, run, snapshot=None) -> Held:
-    """Starts run(child job) in a thread of this worker, as `step` of the job, and returns at once."""
-    child = Job(job.kind, job.settings, job.task)
-    child.task_id = job.task_id
-    child.report.update(backup_id=job.report["backup_id"], trigger=job.report.get("trigger", "manual"))
-    held = Held(child, snapshot)
-
-    def body():
-        try:
-            held.result = run(child)
-        except Exception as exc:
-            held.error = exc
-        finally:
-            if snapshot is not None:
-                snapshot.close()
-            held.ended = time.time()
-            held.done.set()
-
-    held.thread = threading.Thread(target=body, name=f"{step}-{job.task_id[:8]}", daemon=True)
-    with _held_lock:
-        HELD[(job.task_id, step)] = held
-    ctx.setdefault("held", []).append(step)
-    held.thread.start()
-    return held
-
-
-def join_held(job: Job, ctx: dict, step: str) -> Held | None:
-    """Waits for a held step and takes over its step entries and errors (its result is None when
-    it failed). A step held by a worker process that is gone fails the job."""
-    if step not in ctx.get("held", []):
-        return None
-    ctx["held"].remove(step)
-    with _held_lock:
-        held = HELD.pop((job.task_id, step), None)
-    if held is None:
-        job.fail(step, StepLost(f"{_HELD_WHAT[step]} ran in a worker process that is gone (it was restarted, "
-                                f"or this link ran elsewhere): its snapshot is not known"))
-        return None
-    held.done.wait()
-    job.report["steps"].update(held.job.report["steps"])
-    for error in held.job.errors:
-        if error not in job.errors:
-            job.errors.append(error)
-    return held
-
-
 def prepass_eta(job: Job) -> BackupEta:
     """When the quiesce starts: as long before the media pre-pass's estimated end as the last
     successful backup's quiesce took (the pods' stop time), at most QUIESCE_LEAD_MAX; never
@@ -222,7 +141,7 @@ def prepass_eta(job: Job) -> BackupEta:
     return BackupEta(max(0.0, min(seconds, job.settings.quiesce_lead_max)), expected_files=files)
 
 
-def media_prepass(job: Job, ctx: dict) -> None:
+def media_prepass(job: Job, ctx: BackupContext) -> None:
     """The media read while the app is still up: it uploads nearly everything, so the quiesced
     pass after it has little left to read. It opens (and on first use creates) the media
     repository. It runs on in this worker while the app quiesces, once it is estimated to end
@@ -233,48 +152,48 @@ def media_prepass(job: Job, ctx: dict) -> None:
         return
     tree = _look(job)  # before restic reads a byte: what the quiesced point is compared with
     if tree is not None:
-        ctx["tree"] = tree.as_dict()
+        ctx.tree = tree.as_dict()
     eta = prepass_eta(job)
-    held = _hold(job, ctx, "media_prepass", lambda child: steps.restic_backup(
-        child, step="media_prepass", tags=prepass_tags(job), full_id=False, make_ready=_files_ready(job),
+    held = hold(job, ctx.held, "media_prepass", lambda child: steps.restic_backup(
+        child, step="media_prepass", tags=catalog.prepass_tags(job.report["backup_id"]), full_id=False, make_ready=_files_ready(job),
         watch=eta))
     while not held.done.wait(0.05) and not eta.near.is_set():
         pass
     if held.done.is_set():
         _prepass_joined(job, ctx)
     else:
-        ctx["prepass_ends_in"] = round(eta.remaining, 3)
+        ctx.prepass_ends_in = round(eta.remaining, 3)
         log.info("backup: quiescing while the media pre-pass ends (about %.1f s left)", eta.remaining,
                  extra={"task_id": job.task_id, "job": job.kind, "step": "media_prepass"})
 
 
-def _prepass_joined(job: Job, ctx: dict) -> None:
+def _prepass_joined(job: Job, ctx: BackupContext) -> None:
     """The pre-pass's end, taken over by this link: its snapshot becomes the quiesced pass's
     parent; how long it ran on after the quiesce began is in its step entry."""
-    held = join_held(job, ctx, "media_prepass")
+    held = join_held(job, ctx.held, "media_prepass")
     if held is None:
         return
     entry = job.report["steps"].get("media_prepass")
-    if entry is not None and ctx.get("down_since"):
-        entry["quiesce_overlap_seconds"] = round(max(0.0, held.ended - ctx["down_since"]), 3)
-        entry["estimated_seconds_left"] = ctx.pop("prepass_ends_in", None)
+    if entry is not None and ctx.down_since:
+        entry["quiesce_overlap_seconds"] = round(max(0.0, held.ended - ctx.down_since), 3)
+        entry["estimated_seconds_left"], ctx.prepass_ends_in = ctx.prepass_ends_in, None
     if held.result:
-        ctx["prepass"] = held.result["snapshot_id"]
-        ctx["prepass_summary"] = held.result
+        ctx.prepass = held.result["snapshot_id"]
+        ctx.prepass_summary = held.result
 
 
-def quiesce(job: Job, ctx: dict) -> None:
+def quiesce(job: Job, ctx: BackupContext) -> None:
     if _skip(job, ctx):
         return
-    ctx["quiesced"] = True  # from here on, resume runs whatever happens
-    ctx["down_since"] = time.time()
+    ctx.quiesced = True  # from here on, resume runs whatever happens
+    ctx.down_since = time.time()
     try:
-        steps.quiesce(job, _kube(job, ctx), ctx["names"])
+        steps.quiesce(job, _kube(job, ctx), ctx.names)
     except Exception:
         pass
 
 
-def dump_db(job: Job, ctx: dict) -> None:
+def dump_db(job: Job, ctx: BackupContext) -> None:
     """Exports the database snapshot (the consistency point, taken while quiesced) and starts
     `pg_dump --snapshot` | restic on it in the background, niced; returns at once, so the
     quiesced media pass runs beside it and the app can come back while the dump streams. With
@@ -287,13 +206,13 @@ def dump_db(job: Job, ctx: dict) -> None:
             entry["snapshot"] = snapshot.id
     except Exception:
         return
-    held = _hold(job, ctx, "dump_db", lambda child: steps.dump_db(
-        child, ctx["db_size"], snapshot=snapshot.id, full_id=False, nice=DUMP_NICE), snapshot=snapshot)
+    held = hold(job, ctx.held, "dump_db", lambda child: steps.dump_db(
+        child, ctx.db_size, snapshot=snapshot.id, full_id=False, nice=DUMP_NICE), snapshot=snapshot)
     if not job.settings.parallel_backup:
         held.done.wait()
 
 
-def restic_backup(job: Job, ctx: dict) -> None:
+def restic_backup(job: Job, ctx: BackupContext) -> None:
     """The quiesced media pass, with the pre-pass as parent: first the pre-pass's end, if it
     was still running while the app quiesced. When nothing in the media changed since just
     before the pre-pass began (tree_state), the pre-pass already is the media at this point:
@@ -303,17 +222,17 @@ def restic_backup(job: Job, ctx: dict) -> None:
     if _skip(job, ctx):
         return
     if _media_unchanged(job, ctx):
-        ctx.setdefault("results", {})[layout.FILES] = dict(ctx["prepass_summary"])
-        short, tags = ctx["prepass"], steps.backup_tags(job)
-        _hold(job, ctx, "tidy_files", lambda child: _promote(job.settings, short, tags))
+        ctx.results[layout.FILES] = dict(ctx.prepass_summary)
+        short, tags = ctx.prepass, steps.backup_tags(job)
+        hold(job, ctx.held, "tidy_files", lambda child: _promote(job.settings, short, tags))
         return
     try:
-        summary = steps.restic_backup(job, parent=ctx.get("prepass"), full_id=False)
-        ctx.setdefault("results", {})[layout.FILES] = with_prepass(summary, ctx.get("prepass_summary"))
+        summary = steps.restic_backup(job, parent=ctx.prepass, full_id=False)
+        ctx.results[layout.FILES] = with_prepass(summary, ctx.prepass_summary)
     except Exception:
         return
-    if not ctx.get("lost"):
-        _hold(job, ctx, "tidy_files", lambda child: _tidy_files(job.settings, summary["snapshot_id"]))
+    if not ctx.lost:
+        hold(job, ctx.held, "tidy_files", lambda child: _tidy_files(job.settings, summary["snapshot_id"]))
 
 
 def _look(job: Job) -> tree_state.TreeState | None:
@@ -325,18 +244,18 @@ def _look(job: Job) -> tree_state.TreeState | None:
         return None
 
 
-def _media_unchanged(job: Job, ctx: dict) -> bool:
+def _media_unchanged(job: Job, ctx: BackupContext) -> bool:
     """Looks at the media tree again, with the app down: True when it is as it was just before
     the pre-pass began."""
-    if not ctx.get("prepass") or not ctx.get("tree"):
+    if not ctx.prepass or not ctx.tree:
         return False
     t0 = time.monotonic()
     now = _look(job)
-    if now is None or not tree_state.unchanged(tree_state.TreeState.from_dict(ctx["tree"]), now):
+    if now is None or not tree_state.unchanged(tree_state.TreeState.from_dict(ctx.tree), now):
         return False
     with job.step("restic_backup") as entry:
         entry.update(media_unchanged_since_prepass=True, looked_seconds=round(time.monotonic() - t0, 3),
-                     snapshot_id=ctx["prepass"])
+                     snapshot_id=ctx.prepass)
     return True
 
 
@@ -356,20 +275,20 @@ def with_prepass(summary: dict, prepass: dict | None) -> dict:
     return {**summary, **{k: summary[k] + prepass[k] for k in ("data_added", "files_new", "files_changed")}}
 
 
-def resume(job: Job, ctx: dict) -> None:
+def resume(job: Job, ctx: BackupContext) -> None:
     """Runs once quiesce has started, whatever failed - unless the lease was lost: then another
     job may have quiesced the app itself, and scaling it up would be the harm to avoid (the
     reconciler resumes it once no job holds the lease)."""
-    if not ctx.get("quiesced") or ctx.get("lost"):
+    if not ctx.quiesced or ctx.lost:
         return
-    ctx["deployments"] = steps.resume(job, _kube(job, ctx), ctx["names"])
-    ctx["downtime_seconds"] = round(time.time() - ctx["down_since"], 3) if ctx["names"] else 0.0
+    ctx.deployments = steps.resume(job, _kube(job, ctx), ctx.names)
+    ctx.downtime_seconds = round(time.time() - ctx.down_since, 3) if ctx.names else 0.0
 
 
-def _wait_for_dump(job: Job, ctx: dict) -> None:
-    held = join_held(job, ctx, "dump_db")
+def _wait_for_dump(job: Job, ctx: BackupContext) -> None:
+    held = join_held(job, ctx.held, "dump_db")
     if held is not None and held.result:
-        ctx.setdefault("results", {})[layout.DATABASE] = held.result
+        ctx.results[layout.DATABASE] = held.result
 
 
 def _tidy_files(settings, short: str) -> dict:
@@ -388,14 +307,14 @@ def _tidy_files(settings, short: str) -> dict:
     return done
 
 
-def _files_tidied(job: Job, ctx: dict) -> None:
-    held = join_held(job, ctx, "tidy_files")
+def _files_tidied(job: Job, ctx: BackupContext) -> None:
+    held = join_held(job, ctx.held, "tidy_files")
     if held is None:
         return
     if held.error is not None:
         job.fail("finish", held.error)
     elif held.result:
-        ctx["results"][layout.FILES]["snapshot_id"] = held.result["snapshot_id"]
+        ctx.results[layout.FILES]["snapshot_id"] = held.result["snapshot_id"]
         if held.result.get("prepass_forgotten"):
             job.report["prepass_forgotten"] = True
 
@@ -406,169 +325,67 @@ def _tidy_database(job: Job, results: dict) -> None:
     results[layout.DATABASE]["snapshot_id"] = found.get(short, short)
 
 
-def finish(job: Job, ctx: dict) -> dict:
+def join_all(job: Job, ctx: BackupContext) -> None:
+    """Waits for every step still running in this worker: the pre-pass (already joined, unless
+    restic_backup never ran), the dump, the media tidy-up."""
+    _prepass_joined(job, ctx)
+    _wait_for_dump(job, ctx)
+    _files_tidied(job, ctx)
+
+
+def finish(job: Job, ctx: BackupContext) -> dict:
     """Waits for the dump, completes the report and decides what the snapshots are worth: a
     backup whose only failure is a slow resume is complete and kept (the report says what did
     not come back); any other failure forgets what was made, pre-pass included. After a lost
     lease nothing is touched: the repositories may be another job's now (the reconciler and
     the next backup tidy up). The media side has been tidied since the quiesced pass ended."""
-    _prepass_joined(job, ctx)  # already, unless restic_backup never ran
-    results = ctx.setdefault("results", {})
-    _wait_for_dump(job, ctx)
-    _files_tidied(job, ctx)
+    join_all(job, ctx)
+    results = ctx.results
     resume_error = (job.report["steps"].get("resume") or {}).get("error")
     complete = set(results) == set(layout.NAMES)
     keep = not job.errors or (complete and job.errors == [resume_error])
     try:
-        if keep and not ctx.get("lost") and layout.DATABASE in results:
+        if keep and not ctx.lost and layout.DATABASE in results:
             _tidy_database(job, results)
     except Exception as exc:
         job.fail("finish", exc)
     report = {
         **steps.summarize(job.settings, results),
-        "deployments": ctx.get("deployments", {}),
-        "downtime_seconds": ctx.get("downtime_seconds", 0.0),
+        "deployments": ctx.deployments,
+        "downtime_seconds": ctx.downtime_seconds,
         "backup_complete": complete and keep,
     }
     if job.errors and keep:
         report["not_back"] = resume_error
-    elif job.errors and not ctx.get("lost"):
+    elif job.errors and not ctx.lost:
         made = {name: [r["snapshot_id"]] for name, r in results.items()}
-        if ctx.get("prepass") and not job.report.get("prepass_forgotten") \
-                and ctx["prepass"] not in made.get(layout.FILES, []):
-            made.setdefault(layout.FILES, []).append(ctx["prepass"])
+        if ctx.prepass and not job.report.get("prepass_forgotten") \
+                and ctx.prepass not in made.get(layout.FILES, []):
+            made.setdefault(layout.FILES, []).append(ctx.prepass)
         steps.discard(job, made)
     job.report.update(report)
     return report
 
 
-# -- the steps as links of a Celery chain ------------------------------------------------------
-
-# the chain's task names, in order (tasks/backup_steps.py registers them; the resume link is the
-# operator's own `taiga_backup.resume`, which takes a chain context as its one argument)
-PREFIX = "taiga_backup."
-LINKS = {PREFIX + "prepare": prepare, PREFIX + "media_prepass": media_prepass, PREFIX + "quiesce": quiesce,
-         PREFIX + "dump_db": dump_db, PREFIX + "restic_backup": restic_backup, PREFIX + "resume": resume}
-FINISH = PREFIX + "finish"
-ABORT = PREFIX + "backup_failed"
-
-
-def is_context(args: tuple, kwargs: dict) -> bool:
-    """A message carrying a backup chain's context (and nothing else)."""
-    return len(args) == 1 and not kwargs and isinstance(args[0], dict) and args[0].get("kind") == "backup" \
-        and isinstance(args[0].get("task_id"), str) and isinstance(args[0].get("lease"), str)
-
-
-def _link_job(task, ctx: dict, name: str) -> Job:
-    """The job as this link sees it, with the job's lease adopted (renewed while the link runs).
-    A lease no longer ours is recorded (ctx["lost"]): every later step then stops short."""
-    settings = load_settings()
-    job = Job.from_context(ctx, settings, task)
-    if ctx.get("lost"):
-        return job
-    lock = LEASES.get(job.task_id) or JobLock(redis_connect(settings), settings.restic_repository,
-                                               settings.lock_lease_seconds)
-    try:
-        lock.adopt(ctx["lease"])
-        job.lease = LEASES[job.task_id] = lock
-    except LeaseLost as exc:
-        lock.pause()
-        LEASES.pop(job.task_id, None)
-        ctx["lost"] = True
-        job.fail(name.removeprefix(PREFIX), exc)
-    return job
-
-
-def run_link(task, ctx: dict, name: str) -> dict:
-    """One link of the chain: adopt the lease, run the step, pass the context on. Never raises
-    for a step's failure: that is in ctx, for finish."""
-    job = _link_job(task, ctx, name)
-    try:
-        LINKS[name](job, ctx)
-    finally:
-        if job.lease is not None:
-            job.lease.pause(grace=job.settings.lock_lease_seconds)
-    ctx["progress"] = job._progress
-    return ctx
-
-
-def hand_over(job: Job) -> None:
-    """The job's first task passes its lease to the chain's links."""
-    LEASES[job.task_id] = job.lease
-    job.lease.pause(grace=job.settings.lock_lease_seconds)
-
-
-def _end(job: Job) -> dict:
-    """end_job, releasing the lease unless it was lost (it is another job's then)."""
-    LEASES.pop(job.task_id, None)
-    return end_job(job, release=job.lease is not None)
-
-
-def run_finish(task, ctx: dict) -> dict:
-    """The last link (it carries the id the caller got): the report, or JobFailed with the first
-    error. A lost lease is not released: it is another job's now."""
-    job = _link_job(task, ctx, FINISH)
-    try:
-        finish(job, ctx)
-    except Exception as exc:  # the report must still be written
-        job.fail("finish", exc)
-    return _end(job)
-
-
-def run_abort(task, ctx: dict, failure: str) -> dict | None:
-    """The second net (the chain's errback): a link raised instead of recording its failure.
-    Waits for a dump still streaming here, resumes the app unless the lease is lost, forgets
-    what this backup made and fails the job. Idempotent: an errback may run more than once."""
-    settings = load_settings()
-    done = redis_connect(settings).get(f"taiga-backup:report:{ctx['task_id']}")
-    if done and b'"state": "STARTED"' not in done:
-        return None
-    job = _link_job(task, ctx, ABORT)
-    job.fail("chain", OperatorError(failure))
-    if job.lease is not None:
-        names = list(settings.quiesce_deployments)
-        steps.resume(job, steps.kube_for(job) if names else None, names)
-    _prepass_joined(job, ctx)
-    _wait_for_dump(job, ctx)
-    _files_tidied(job, ctx)
-    if job.lease is None:  # lost: the repositories may be another job's now
-        return _ended(job)
-    made: dict = {}
-    try:
-        ours = {catalog.ID_TAG + job.report.get("backup_id", "?"), catalog.PREPASS_OF_TAG + job.report.get("backup_id", "?")}
-        for name, repo in layout.both(settings).items():
-            made[name] = [s["id"] for s in repo.snapshots(timeout=settings.discard_timeout)
-                          if ours & set(s.get("tags") or [])]
-    except Exception as exc:
-        job.fail("discard", exc)
-    steps.discard(job, made)
-    return _ended(job)
-
-
-def _ended(job: Job) -> dict:
-    """end_job for the errback, which reports the failure rather than raising it again."""
-    try:
-        return _end(job)
-    except OperatorError:
-        return job.report
-
-
 # -- the whole backup in one process ------------------------------------------------------------
 
-ORDER = tuple(LINKS.values())
+# the steps in their order, by the name of their chain link (worker.jobs.backup_chain); finish
+# comes last and is not among them (it makes the report)
+STEPS = {"prepare": prepare, "media_prepass": media_prepass, "quiesce": quiesce, "dump_db": dump_db,
+         "restic_backup": restic_backup, "resume": resume}
 
 
-def start(job: Job, trigger: str) -> dict:
+def start(job: Job, trigger: str) -> BackupContext:
     """The job's first facts, and the context the steps pass on."""
     job.report.update(backup_id=steps.new_backup_id(), trigger=trigger)
     if job.lease is not None:
         job.lease.note(backup_id=job.report["backup_id"])
-    return job.context(names=[], db_size=0)
+    return BackupContext.begin(job)
 
 
 def take_backup(job: Job, trigger: str) -> dict:
     """Every step in this process, in the chain's order: what the chain does, without a queue."""
     ctx = start(job, trigger)
-    for step in ORDER:
+    for step in STEPS.values():
         step(job, ctx)
     return finish(job, ctx)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from worker import redact
-from worker.adapters.redis_store import connect as redis_connect
+from worker.adapters.redis_store import connect as redis_connect, last_report_key, report_key
 from worker.errors import JobFailed, LeaseBusy, OperatorError
 from worker.jobs import hooks
 from worker.jobs.lease import JobBusy, JobLock
@@ -28,20 +28,8 @@ REPORT_TTL = 30 * 24 * 3600
 PROGRESS_INTERVAL = 1.0
 
 
-
-
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def report_key(task_id: str) -> str:
-    return f"taiga-backup:report:{task_id}"
-
-
-def last_report_key(kind: str, state: str) -> str:
-    """The newest report of a kind of job in a final state (metrics export them; the backup
-    learns its quiesce lead from the last good one)."""
-    return f"taiga-backup:last:{kind}:{state.lower()}"
 
 
 class Job:
@@ -131,23 +119,29 @@ class Job:
         return time.monotonic() - self._t0
 
     # -- a job made of several tasks --------------------------------------------------------
-    @classmethod
-    def from_context(cls, ctx: dict, settings: Settings, task=None) -> "Job":
-        """The job a chain link works for: the root task's id (progress, report and lease are
-        the job's, not the link's), the report and errors so far, the progress shown so far."""
-        job = cls(ctx["kind"], settings, task)
-        job.task_id = ctx["task_id"]
-        job.report = ctx["report"]
-        job.errors = ctx["errors"]
-        job._progress = ctx.get("progress") or {}
-        job._t0 = time.monotonic() - max(0.0, time.time() - ctx["started"])
-        return job
+    @property
+    def progress_so_far(self) -> dict[str, dict]:
+        """Every step's last progress, as Flower shows it: carried from one chain link to the next."""
+        with self._lock:
+            return json.loads(json.dumps(self._progress))
 
-    def context(self, **fields) -> dict:
-        """What a chain link passes on: plain JSON (Celery keeps task arguments in Redis, so
-        nothing secret: settings are read again from the environment by every link)."""
-        return {"kind": self.kind, "task_id": self.task_id, "report": self.report, "errors": self.errors,
-                "progress": self._progress, "started": time.time() - self.elapsed(), **fields}
+    def started_epoch(self) -> float:
+        """When the job began (time.time()), for a later link to go on timing it."""
+        return time.time() - self.elapsed()
+
+    @classmethod
+    def carried(cls, kind: str, settings: Settings, task, *, task_id: str, report: dict, errors: list[str],
+                progress: dict, started: float) -> "Job":
+        """The job a later task of a multi-task job works for: the first task's id (progress,
+        report and lease are the job's, not the task's), the report and errors so far, the
+        progress shown so far and its start time."""
+        job = cls(kind, settings, task)
+        job.task_id = task_id
+        job.report = report
+        job.errors = errors
+        job._progress = progress
+        job._t0 = time.monotonic() - max(0.0, time.time() - started)
+        return job
 
 
 def store_report(settings: Settings, report: dict) -> None:
@@ -240,13 +234,32 @@ def run_job(task, kind: str, body, *, exclusive: bool = True) -> dict:
     return end_job(job, release=exclusive)
 
 
-BUSY_RETRIES = 80  # with the back-off: about six hours, as long as a beat message lives
+# a scheduled job's message lives this long (beat sends it with this `expires`): a missed night
+# is not run the next morning; one that finds the repository busy retries within it
+SCHEDULED_LIFETIME = 6 * 3600
+
+
+def busy_countdown(retries: int) -> float:
+    """Seconds before a scheduled job that found the repository busy tries again: 5 s doubling to 5 min."""
+    return min(300, 5 * 2 ** retries)
+
+
+def _retries_within(seconds: float) -> int:
+    count, waited = 0, 0.0
+    while waited < seconds:
+        waited += busy_countdown(count)
+        count += 1
+    return count
+
+
+BUSY_RETRIES = _retries_within(SCHEDULED_LIFETIME)
 
 
 def run_scheduled(task, kind: str, trigger: str, body) -> dict:
     """run_job for a job beat may trigger: a scheduled one that finds the lease taken (a long
     backup overrunning into the prune slot) comes back later, 5 s doubling to 5 min, instead of
-    failing; a manual request fails at once, naming the job in the way."""
+    failing, for as long as its message lives; a manual request fails at once, naming the job in
+    the way."""
 
     def with_trigger(job: Job) -> dict:
         job.report["trigger"] = trigger
@@ -258,4 +271,4 @@ def run_scheduled(task, kind: str, trigger: str, body) -> dict:
         if trigger != "schedule" or task is None:
             raise
         log.info("%s: %s; trying again later", task.name, exc)
-        raise task.retry(countdown=min(300, 5 * 2 ** (task.request.retries or 0)), max_retries=BUSY_RETRIES)
+        raise task.retry(countdown=busy_countdown(task.request.retries or 0), max_retries=BUSY_RETRIES)

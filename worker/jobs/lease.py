@@ -10,7 +10,6 @@ settled (by the reconciler) even when a new job, not the reconciler, gets there 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import socket
@@ -20,6 +19,7 @@ import uuid
 
 import redis
 
+from worker.adapters import redis_store
 from worker.errors import OperatorError
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,12 @@ class LeaseLost(OperatorError):
     """The job's lease ran out or was taken over: another job may be working now."""
 
 
-def repo_key(repository: str) -> str:
-    return hashlib.sha256(repository.encode()).hexdigest()[:16]
-
-
 class JobLock:
-    """Lease `taiga-backup:lock:<repo>`; value is JSON naming the holder."""
+    """The lease of one repository (redis_store.lease_keys); its value is JSON naming the holder."""
 
     def __init__(self, client: redis.Redis, repository: str, lease_seconds: int = 60):
         self.redis = client
-        self.key = f"taiga-backup:lock:{repo_key(repository)}"
-        self.active_key = f"taiga-backup:active:{repo_key(repository)}"
-        self.interrupted_key = f"taiga-backup:interrupted:{repo_key(repository)}"
+        self.key, self.active_key, self.interrupted_key = redis_store.lease_keys(repository)
         self._active: str | None = None
         self.lease = int(lease_seconds)
         self._value: str | None = None
@@ -151,39 +145,28 @@ class JobLock:
     def _hand_over_active(self) -> None:
         """Writes our `active` record. One already there belongs to a holder whose lease ran out
         (it died): it goes to the `interrupted` list instead of being overwritten."""
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.active_key)
-                    previous = pipe.get(self.active_key)
-                    pipe.multi()
-                    if previous:
-                        pipe.rpush(self.interrupted_key, previous)
-                    pipe.set(self.active_key, self._active)
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
+        def act(pipe, previous) -> bool:
+            if previous:
+                pipe.rpush(self.interrupted_key, previous)
+            pipe.set(self.active_key, self._active)
+            return True
+
+        self._watched(self.active_key, act)
 
     def note(self, **fields) -> None:
         """Adds facts to our `active` record (e.g. the backup id a backup tags its snapshots with),
         so whoever settles this job after a crash touches only what this job made."""
         if self._active is None:
             return
-        record = {**json.loads(self._active), **fields}
-        self._active = json.dumps(record, sort_keys=True)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.active_key)
-                    current = pipe.get(self.active_key)
-                    pipe.multi()
-                    if current is None or json.loads(current).get("task_id") == self._task_id:
-                        pipe.set(self.active_key, self._active)
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
+        self._active = json.dumps({**json.loads(self._active), **fields}, sort_keys=True)
+
+        def act(pipe, current) -> bool:
+            if current is not None and json.loads(current).get("task_id") != self._task_id:
+                return False  # another job's record now: ours was settled as interrupted
+            pipe.set(self.active_key, self._active)
+            return True
+
+        self._watched(self.active_key, act)
 
     def interrupted(self) -> list[tuple[bytes, dict]]:
         """(raw, record) of every job whose holder died, oldest first, until settled(raw)."""
@@ -198,21 +181,26 @@ class JobLock:
     def settled(self, raw: bytes) -> None:
         self.redis.lrem(self.interrupted_key, 1, raw)
 
+    def _watched(self, key: str, act) -> bool:
+        """act(pipeline, key's current value) queues its commands in one MULTI under WATCH key,
+        run again whenever someone changed the key in between (an atomic compare-and-act without
+        Lua); returns what act returned: whether it acted."""
+        def body(pipe) -> bool:
+            current = pipe.get(key)
+            pipe.multi()
+            return act(pipe, current)
+
+        return bool(self.redis.transaction(body, key, value_from_callable=True))
+
     def _if_mine(self, action) -> bool:
-        """Runs action(pipeline) only while the lease still holds our value (WATCH/MULTI: an
-        atomic compare-and-act without Lua)."""
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(self.key)
-                if pipe.get(self.key) != self._value.encode():
-                    pipe.unwatch()
-                    return False
-                pipe.multi()
-                action(pipe)
-                pipe.execute()
-                return True
-            except redis.WatchError:
+        """Runs action(pipeline) only while the lease still holds our value."""
+        def act(pipe, current) -> bool:
+            if current != self._value.encode():
                 return False
+            action(pipe)
+            return True
+
+        return self._watched(self.key, act)
 
     def _renew(self) -> bool:
         if self._if_mine(lambda p: p.expire(self.key, self.lease)):

@@ -15,7 +15,7 @@ from worker.adapters import metrics, postgres
 from worker.adapters.kube import Kube
 from worker.adapters.process import ProcessError
 from worker.adapters.restic import ResticError
-from worker.backups import layout, media
+from worker.backups import catalog, layout, media
 from worker.backups.database import pause_point
 from worker.jobs.job import Job
 
@@ -23,8 +23,8 @@ log = logging.getLogger("taiga_backup.steps")
 
 
 def backup_tags(job: Job) -> list[str]:
-    """Tags shared by the two snapshots of one backup: how restore finds a backup's partner."""
-    return ["taiga-backup", f"backup-id={job.report['backup_id']}", f"kind={job.report.get('trigger', 'manual')}"]
+    """The tags of this job's backup (catalog.backup_tags)."""
+    return catalog.backup_tags(job.report["backup_id"], job.report.get("trigger", "manual"))
 
 
 def kube_for(job: Job) -> Kube:
@@ -166,11 +166,12 @@ def summarize(settings, results: dict) -> dict:
         "snapshots": {name: r["snapshot_id"] for name, r in results.items()},
         "bytes_added": {**{name: r["data_added"] for name, r in results.items()},
                         "total": sum(r["data_added"] for r in results.values())},
-        "files": {k: results["files"][k] for k in ("files_new", "files_changed", "files_unmodified",
-                                                     "total_files_processed", "total_bytes_processed")}
-        if "files" in results else None,
-        "database": {"format": settings.pg_dump_format, "dump_bytes": results["pg-database"]["total_bytes_processed"]}
-        if "pg-database" in results else None,
+        "files": {k: results[layout.FILES][k] for k in ("files_new", "files_changed", "files_unmodified",
+                                                          "total_files_processed", "total_bytes_processed")}
+        if layout.FILES in results else None,
+        "database": {"format": settings.pg_dump_format,
+                     "dump_bytes": results[layout.DATABASE]["total_bytes_processed"]}
+        if layout.DATABASE in results else None,
     }
 
 

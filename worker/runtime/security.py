@@ -23,6 +23,7 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import prepare_accept_content
 
+from worker.adapters import redis_store
 from worker.errors import RequestInvalid
 from worker.settings import broker_urls, redis_tls, signing
 
@@ -81,7 +82,6 @@ def configure(app, env, broker: str, backend: str) -> None:
 # signing on, a task runs only a stamp made for it, within its lifetime, once. A captured signed
 # message relabelled as another task, or sent again, is refused before any task code runs.
 STAMP = "_request"
-NONCE_KEY = "taiga-backup:nonce:"
 _NONCE = re.compile(r"[0-9a-f]{32}")
 
 
@@ -117,7 +117,8 @@ def check_stamp(task, value, nonces) -> None:
         _refuse(task, "the signed request has expired")
     if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
         _refuse(task, "the signed request has no valid nonce")
-    if not nonces.set(NONCE_KEY + nonce, task.request.id or "-", nx=True, ex=max(1, int(expires - time.time()) + 60)):
+    ttl = max(1, int(expires - time.time()) + 60)
+    if not nonces.set(redis_store.NONCE_PREFIX + nonce, task.request.id or "-", nx=True, ex=ttl):
         _refuse(task, "this signed request was already run once (a replay)")
 
 

@@ -1,0 +1,134 @@
+"""The backup's steps as the links of a Celery chain: what each link does around its step.
+
+Why a module of its own: the steps (worker.jobs.backup_flow) are plain functions of a job and a
+context, run the same in one process (take_backup) and in the chain. What only the chain needs
+lives here - the link names, adopting the job's lease in every link (and renewing it across the
+hand-over), the last link that writes the report, and the errback that tidies up after a link
+that raised. The Celery tasks themselves (tasks/backup.py, tasks/backup_steps.py,
+tasks/resume.py) are thin faces over these functions.
+"""
+
+from __future__ import annotations
+
+import json
+
+from worker.adapters.redis_store import connect as redis_connect, report_key
+from worker.backups import catalog, layout
+from worker.errors import OperatorError
+from worker.jobs import backup_flow, requests, steps
+from worker.jobs.backup_context import BackupContext
+from worker.jobs.job import Job, end_job, load_settings
+from worker.jobs.lease import JobLock, LeaseLost
+
+# the chain's task names, in order (tasks/backup_steps.py registers them; the resume link is the
+# operator's own `taiga_backup.resume`, which takes a chain context as its one argument)
+LINKS = {requests.PREFIX + name: step for name, step in backup_flow.STEPS.items()}
+FINISH = requests.PREFIX + "finish"
+ABORT = requests.PREFIX + "backup_failed"
+ORDER = (*LINKS, FINISH)
+
+# the job's lease in this process, renewed from one link to the next (JobLock.pause(grace))
+_LEASES: dict[str, JobLock] = {}
+
+is_context = BackupContext.accepts
+
+
+def _link_job(task, ctx: BackupContext, name: str) -> Job:
+    """The job as this link sees it, with the job's lease adopted (renewed while the link runs).
+    A lease no longer ours is recorded (ctx.lost): every later step then stops short."""
+    settings = load_settings()
+    job = ctx.job(settings, task)
+    if ctx.lost:
+        return job
+    lock = _LEASES.get(job.task_id) or JobLock(redis_connect(settings), settings.restic_repository,
+                                                settings.lock_lease_seconds)
+    try:
+        lock.adopt(ctx.lease)
+        job.lease = _LEASES[job.task_id] = lock
+    except LeaseLost as exc:
+        lock.pause()
+        _LEASES.pop(job.task_id, None)
+        ctx.lost = True
+        job.fail(name.removeprefix(requests.PREFIX), exc)
+    return job
+
+
+def run_link(task, doc: dict, name: str) -> dict:
+    """One link of the chain: adopt the lease, run the step, pass the context on. Never raises
+    for a step's failure: that is in the context, for finish."""
+    ctx = BackupContext.from_json(doc)
+    job = _link_job(task, ctx, name)
+    try:
+        LINKS[name](job, ctx)
+    finally:
+        if job.lease is not None:
+            job.lease.pause(grace=job.settings.lock_lease_seconds)
+    ctx.progress = job.progress_so_far
+    return ctx.to_json()
+
+
+def hand_over(job: Job) -> None:
+    """The job's first task passes its lease to the chain's links."""
+    _LEASES[job.task_id] = job.lease
+    job.lease.pause(grace=job.settings.lock_lease_seconds)
+
+
+def _end(job: Job) -> dict:
+    """end_job, releasing the lease unless it was lost (it is another job's then)."""
+    _LEASES.pop(job.task_id, None)
+    return end_job(job, release=job.lease is not None)
+
+
+def run_finish(task, doc: dict) -> dict:
+    """The last link (it carries the id the caller got): the report, or JobFailed with the first
+    error. A lost lease is not released: it is another job's now."""
+    ctx = BackupContext.from_json(doc)
+    job = _link_job(task, ctx, FINISH)
+    try:
+        backup_flow.finish(job, ctx)
+    except Exception as exc:  # the report must still be written
+        job.fail("finish", exc)
+    return _end(job)
+
+
+def _ended_already(settings, task_id: str) -> bool:
+    """The job's report says it ended: the errback has nothing left to do."""
+    raw = redis_connect(settings).get(report_key(task_id))
+    return bool(raw) and json.loads(raw).get("state") != "STARTED"
+
+
+def run_abort(task, doc: dict, failure: str) -> dict | None:
+    """The second net (the chain's errback): a link raised instead of recording its failure.
+    Resumes the app unless the lease is lost, waits for the steps still running here, forgets
+    what this backup made and fails the job. Idempotent: an errback may run more than once."""
+    ctx = BackupContext.from_json(doc)
+    settings = load_settings()
+    if _ended_already(settings, ctx.task_id):
+        return None
+    job = _link_job(task, ctx, ABORT)
+    job.fail("chain", OperatorError(failure))
+    if job.lease is not None:
+        names = list(settings.quiesce_deployments)
+        steps.resume(job, steps.kube_for(job) if names else None, names)
+    backup_flow.join_all(job, ctx)
+    if job.lease is None:  # lost: the repositories may be another job's now
+        return _ended(job)
+    made: dict = {}
+    try:
+        backup_id = job.report.get("backup_id", "?")
+        ours = {catalog.ID_TAG + backup_id, catalog.PREPASS_OF_TAG + backup_id}
+        for name, repo in layout.both(settings).items():
+            made[name] = [s["id"] for s in repo.snapshots(timeout=settings.discard_timeout)
+                          if ours & set(s.get("tags") or [])]
+    except Exception as exc:
+        job.fail("discard", exc)
+    steps.discard(job, made)
+    return _ended(job)
+
+
+def _ended(job: Job) -> dict:
+    """end_job for the errback, which reports the failure rather than raising it again."""
+    try:
+        return _end(job)
+    except OperatorError:
+        return job.report
