@@ -31,7 +31,7 @@ SERVICE = f"{RELEASE}-taiga-backup-metrics"
 ALERT_VALUES = {"metrics": {"serviceMonitor": {"enabled": True}}, "prometheusRule": {"enabled": True},
                 "dashboard": {"enabled": True}}
 # Metrics the rules or the dashboard use that the worker does not export yet, with why they are needed.
-# Each is a request to the worker code (see the issue 12 report); tests that need one skip until then.
+# Each is a request to the worker code; tests that need one skip until it is exported.
 PROPOSED = {
     "taiga_backup_deployment_quiesced": "gauge {deployment}: 1 while the Deployment carries the annotation "
                                         "taiga-backup/original-replicas (set by quiesce/resume, refreshed by the "

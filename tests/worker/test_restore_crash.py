@@ -2,8 +2,7 @@
 worker comes back on one whole state - the previous one or the restored one, never a mix - before
 the reconciler resumes the app. Real worker processes, Redis, PostgreSQL, restic.
 
-The moment is chosen with the test-only pause point TAIGA_BACKUP_TEST_PAUSE (worker.backups.database
-.pause_point): the job stops there, its children alive, and says so in the worker's log."""
+The moment is chosen with the test-only pause point TAIGA_BACKUP_TEST_PAUSE (worker.pause_points): the job stops there, its children alive, and says so in the worker's log."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """restic, one repository at a time: init, backup (directory or stdin pipe), list, forget, dump,
 restore, keys, locks.
 
-Works with Debian's restic 0.14 and uses nothing newer unless the version says it is there.
+Works with Debian's restic 0.14 and every newer release without asking which one runs: it uses
+no flag newer than 0.14, and reads a failure both from the exit codes newer releases give
+(10 no repository, 11 locked, 12 wrong password) and from 0.14's error texts (ResticError.kind).
 Credentials reach restic only through its own environment (a password *file* path, S3 keys);
 they are never in argv.
 """
@@ -15,7 +17,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Callable
 
 from worker.adapters import process
@@ -82,14 +83,6 @@ def parse_time(text: str) -> datetime:
         text = f"{head}.{frac[:6]}{tz}"
     parsed = datetime.fromisoformat(text)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-@lru_cache(maxsize=1)
-def version() -> tuple[int, ...]:
-    """Installed restic version, e.g. (0, 14, 0)."""
-    out = process.run(["restic", "version"], env=process.child_env(), timeout=60).check().stdout.decode()
-    match = re.search(r"restic (\d+)\.(\d+)\.(\d+)", out)
-    return tuple(int(x) for x in match.groups()) if match else (0, 0, 0)
 
 
 @dataclass
@@ -429,13 +422,6 @@ class Repository:
         if result.returncode == 1 and not DAMAGED.search(result.stderr):
             raise ResticError(result.what, result.returncode, result.stderr)  # e.g. locked, wrong password
         return result
-
-    def stream(self, *args: str, on_line: Callable[[bytes], None], timeout: float | None = None) -> Completed:
-        """Runs restic and hands each stdout line to `on_line` without keeping the output (a dump
-        may be larger than memory)."""
-        result = process.run(["restic", *args], env=self.env(), what=f"restic {args[0]} ({self.name})",
-                             timeout=timeout, on_line=on_line, keep_stdout=False)
-        return _raise(result)
 
     def stored_bytes(self, timeout: float = 600) -> int:
         """Bytes of data the repository stores (`restic stats --mode raw-data`), read without a lock."""

@@ -16,21 +16,20 @@ before an error reaches a report, a log or a webhook.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import time
+
 from worker.adapters import postgres, process
 from worker.adapters.process import ProcessError
 from worker.adapters.restic import Repository, ResticError
 from worker.errors import OperatorError
+from worker.pause_points import pause_point
 from worker.settings import Settings
 
 CUSTOM_MAGIC = b"PGDMP"
 TRAILER = b"-- PostgreSQL database dump complete"
 _IDENT = rb'(?:"(?:[^"]|"")*"|[^ ."]+)'
 COPY_LINE = re.compile(rb"^COPY (" + _IDENT + rb"\." + _IDENT + rb") .*FROM stdin;$")
-TEST_PAUSE = "TAIGA_BACKUP_TEST_PAUSE"  # test-only: see pause_point
 
 _WITHHELD = "<row data withheld>"
 _ROW_PATTERNS = [
@@ -51,15 +50,6 @@ def scrub_rows(text: str) -> str:
     for pattern, replacement in _ROW_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
-
-
-def pause_point(name: str) -> None:
-    """Test-only: with TAIGA_BACKUP_TEST_PAUSE=<name> the job stops here (children alive) until
-    the process is killed, so a crash test can strike at a known moment. Unset in production."""
-    if os.environ.get(TEST_PAUSE) == name:
-        print(f"taiga-backup test pause: {name} (pid {os.getpid()})", flush=True)
-        while True:
-            time.sleep(1)
 
 
 class PlainWatch:

@@ -30,8 +30,9 @@ from typing import Callable
 
 from worker import instance
 from worker.adapters import databases
-from worker.backups import database, media
+from worker.backups import media
 from worker.errors import OperatorError
+from worker.pause_points import pause_point
 from worker.settings import Settings
 
 SIDE = "__restore_"
@@ -173,7 +174,7 @@ def _media_to(settings: Settings, doc: dict, goal: str, ids: tuple[int, int] | N
         enter(position)
         media.move_entries(src, dst)
         if pause:
-            database.pause_point(pause)
+            pause_point(pause)
 
     # forward: old -> moving_out (live entries out) -> moving_in (staged entries in) -> new;
     # back: the same, reversed

@@ -16,8 +16,8 @@ from worker.adapters.kube import Kube
 from worker.adapters.process import ProcessError
 from worker.adapters.restic import ResticError
 from worker.backups import catalog, layout, media
-from worker.backups.database import pause_point
 from worker.jobs.job import Job
+from worker.pause_points import pause_point
 
 log = logging.getLogger("taiga_backup.steps")
 
@@ -104,7 +104,7 @@ def restic_backup(job: Job, files_dir: str | None = None, *, step: str = "restic
     `make_ready(repo, error)`: called when restic cannot open or lock the repository; True when
     it made it usable (created it, removed a dead worker's lock), and the backup is tried again -
     so no separate restic run checks the repository first. `pause`: a test-only pause point
-    (database.pause_point) before restic starts. `watch(status)`: also sees every status line
+    (worker.pause_points) before restic starts. `watch(status)`: also sees every status line
     (the backup chain's estimate of the pre-pass's end, worker.backups.backup_eta)."""
     settings = job.settings
     repo = layout.repository(settings, layout.FILES)
