@@ -1,0 +1,33 @@
+"""beat_schedule.py's place in the layers (pyproject.toml's contracts cannot name a top-level
+module as a root): it may import only from the layers below worker.celery_app, its importer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ABOVE = ("tasks", "worker.cli", "worker.celery_app", "worker.runtime", "testkit", "bench")
+
+
+def imported(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_beat_schedule_imports_nothing_from_its_layer_or_above():
+    names = imported(ROOT / "beat_schedule.py")
+    assert "worker.jobs.requests" in names  # the check reads the real file
+    wrong = sorted(n for n in names if any(n == a or n.startswith(a + ".") for a in ABOVE))
+    assert wrong == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from worker.runtime import control\nimport tasks.backup\n")
+    assert {"worker.runtime", "tasks.backup"} <= imported(probe)
