@@ -7,7 +7,7 @@ stay listed as Terminating (with their last readiness) for ``pod_stop_delay``, a
 Deployment's status counts only pods that are not terminating, with Go's ``omitempty`` for
 zeros.  Nothing ticks: ``reconcile`` advances everything to "now" whenever the state is read.
 
-Every function here takes the ``Cluster`` (``cluster.py``) and runs with its lock held.
+The functions that change state take the ``Cluster`` (``cluster.py``) and run with its lock held.
 """
 
 from __future__ import annotations
