@@ -23,12 +23,13 @@ from worker.adapters.redis_store import connect as redis_connect
 DAY = timedelta(days=1)
 
 
-def snapshot(site, repo, when: datetime, host: str, tags=()) -> str:
-    """A snapshot as an old pod made it: plain restic, its own hostname, a given time."""
+def snapshot(site, repo, when: datetime, host: str, tags=(), media=None) -> str:
+    """A snapshot as an old pod made it: plain restic, its own hostname, a given time (`media`:
+    another directory than the media root, as a restore's kept folder)."""
     stamp = when.astimezone().strftime("%Y-%m-%d %H:%M:%S")  # restic reads --time as local time
     args = ["backup", "--json", "--host", host, "--time", stamp, *[a for t in tags for a in ("--tag", t)]]
     if repo == "files":
-        out = site.restic(repo, *args, str(site.media)).stdout
+        out = site.restic(repo, *args, str(media or site.media)).stdout
     else:
         out = site.restic(repo, *args, "--stdin", input=f"-- dump of {when}\n".encode()).stdout
     return [json.loads(line) for line in out.splitlines() if b'"summary"' in line][0]["snapshot_id"]
@@ -66,7 +67,7 @@ def test_prune_applies_the_seed_policy_across_pod_hostnames_and_keeps_pairs_whol
         assert going == {old[i][repo][:8] for i in old}
     assert len(planned["backups_removed"]) == 2
     assert [(s["repository"], s["id"][:8]) for s in planned["kept_with_partner"]] == [("files", edge["files"][:8])]
-    assert "--group-by paths --keep-last 1 --keep-within 30d" in planned["policy"]
+    assert "--group-by  --keep-last 1 --keep-within 30d" in planned["policy"]
 
     done = prune()
 
@@ -77,11 +78,39 @@ def test_prune_applies_the_seed_policy_across_pod_hostnames_and_keeps_pairs_whol
     assert site.restic("files", "check").returncode == 0  # pruned, and still sound
 
 
+def backup_at(site, when: datetime, kind: str, media=None) -> dict:
+    """Both snapshots of one of our backups (its tags, our host) made at a past time."""
+    backup_id = when.strftime("%Y%m%dT%H%M%SZ")
+    tags = ("taiga-backup", f"backup-id={backup_id}", f"kind={kind}")
+    return {repo: snapshot(site, repo, when, "taiga-backup", tags, media) for repo in ("pg-database", "files")}
+
+
+def test_a_safety_backup_expires_like_the_nightly_backups_around_it(repos, tmp_path):
+    """A restore's safety backup is taken inside the kept folder, a path no other backup has:
+    grouped by path, `--keep-last 1` would keep it (and its dump) forever."""
+    site = repos
+    kept = tmp_path / ".taiga-backup-before-20250101000000"
+    kept.mkdir()
+    (kept / "old-upload.bin").write_bytes(os.urandom(4096))
+    now = datetime.now(timezone.utc)
+    nightly = {age: backup_at(site, now - age * DAY, "schedule") for age in (45, 35, 20, 1)}
+    safety = backup_at(site, now - 40 * DAY, "pre-restore", media=kept)
+
+    done = prune()
+
+    assert done["state"] == "SUCCESS"
+    for repo in ("files", "pg-database"):
+        assert ids(site, repo) == {nightly[age][repo][:8] for age in (20, 1)}, repo
+    assert sorted(done["backups_removed"]) == sorted(
+        (now - age * DAY).strftime("%Y%m%dT%H%M%SZ") for age in (45, 40, 35))
+    assert safety["files"][:8] not in ids(site, "files")
+
+
 def test_optional_keep_rules_are_passed_to_restic(repos, monkeypatch):
     monkeypatch.setenv("RESTIC_DAYS_TO_KEEP", "7")
     monkeypatch.setenv("RESTIC_KEEP_MONTHLY", "6")
     assert retention.policy(repos.settings(RESTIC_DAYS_TO_KEEP="7", RESTIC_KEEP_MONTHLY="6")) == [
-        "--group-by", "paths", "--keep-last", "1", "--keep-within", "7d", "--keep-monthly", "6"]
+        "--group-by", "", "--keep-last", "1", "--keep-within", "7d", "--keep-monthly", "6"]
     now = datetime.now(timezone.utc)
     for months in (3, 2):  # one per month, older than 7 days: kept by --keep-monthly only
         for repo in ("files", "pg-database"):

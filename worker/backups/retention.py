@@ -1,9 +1,11 @@
 """Retention: the seed's policy (`forget --keep-last 1 --keep-within <RESTIC_DAYS_TO_KEEP>d --prune`,
 plus optional RESTIC_KEEP_DAILY/WEEKLY/MONTHLY/YEARLY), decided per backup.
 
-Grouping is by paths only: restic's default also groups by host, and every pod has a new
-hostname, so old pods' snapshots would each form a group of one that `--keep-last 1` keeps
-forever. Tags differ per backup (backup-id=...), so they cannot group either.
+No grouping: each repository holds one series of backups, and the policy applies to all of it.
+restic's default groups by host and paths, and both would split the series into groups of one
+that `--keep-last 1` keeps forever: every pod of the old procedure had a new hostname, and a
+restore's safety backup is taken inside the kept folder, a path no other backup has. Tags
+differ per backup (backup-id=...), so they cannot group either.
 
 restic evaluates the policy (a dry run) in each repository; a backup is then kept whole if
 either of its two snapshots is kept, so a files snapshot never outlives its database dump or the
@@ -21,7 +23,7 @@ from worker.settings import Settings
 
 
 def policy(settings: Settings) -> list[str]:
-    args = ["--group-by", "paths", "--keep-last", "1", "--keep-within", f"{settings.days_to_keep}d"]
+    args = ["--group-by", "", "--keep-last", "1", "--keep-within", f"{settings.days_to_keep}d"]
     for flag, count in (("--keep-daily", settings.keep_daily), ("--keep-weekly", settings.keep_weekly),
                         ("--keep-monthly", settings.keep_monthly), ("--keep-yearly", settings.keep_yearly)):
         if count:
