@@ -1,5 +1,5 @@
-"""Throwaway real servers for tests and the demo: redis-server and a PostgreSQL cluster made with
-initdb in a temporary directory, each on a free port, stopped afterwards.
+"""Throwaway real servers for tests and the demo: redis-server, a PostgreSQL cluster made with
+initdb in a temporary directory and moto's S3 server, each on a free port, stopped afterwards.
 
 As root (CI), PostgreSQL runs as the `postgres` system user: initdb refuses to run as root.
 """
@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,17 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def _end(proc: subprocess.Popen | None, kill: bool) -> None:
+    """Stops a server child unless it has already exited, and reaps it: SIGTERM for a clean stop,
+    SIGKILL where a test wants the server gone as in a crash."""
+    if proc and proc.poll() is None:
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        proc.wait(10)
 
 
 class RedisServer:
@@ -63,14 +75,38 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        _end(self.proc, kill=False)
         self.proc = None
 
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class MotoServer:
+    """moto's S3 server on a free port, for restic's s3: repositories. stop() kills it, so the
+    endpoint vanishes at once as a crashed one would (fault tests); start() again keeps the port.
+    Its output is appended to the file `log`, kept with the test's other traces."""
+
+    def __init__(self, log: str | os.PathLike):
+        self.port = free_port()
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MotoServer":
+        with open(self.log, "ab") as log:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        _end(self.proc, kill=True)
+        self.proc = None
 
 
 def pg_bindir() -> str:

@@ -1,10 +1,16 @@
-"""beat_schedule.py's place in the layers (pyproject.toml's contracts cannot name a top-level
-module as a root): it may import only from the layers below worker.celery_app, its importer."""
+"""beat_schedule.py: Celery beat's schedule built from the *_SCHEDULE settings, and its place in
+the layers (pyproject.toml's contracts cannot name a top-level module as a root): it may import
+only from the layers below worker.celery_app, its importer."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
+
+import beat_schedule
+from worker.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 ABOVE = ("tasks", "worker.cli", "worker.celery_app", "worker.runtime", "testkit", "bench")
@@ -31,3 +37,14 @@ def test_the_check_sees_an_upward_import(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("from worker.runtime import control\nimport tasks.backup\n")
     assert {"worker.runtime", "tasks.backup"} <= imported(probe)
+
+
+def test_beat_schedule_from_settings():
+    schedule = beat_schedule.build_schedule({"BACKUP_SCHEDULE": "*/5 * * * *", "CHECK_SCHEDULE": "off"})
+    assert schedule["backup"]["task"] == "taiga_backup.backup"
+    assert "check" not in schedule and "prune" in schedule and "reconcile" in schedule
+    assert schedule["backup"]["schedule"].minute == set(range(0, 60, 5))
+    default = beat_schedule.build_schedule({})
+    assert default["backup"]["schedule"].hour == {23} and default["backup"]["schedule"].minute == {10}
+    with pytest.raises(SettingsError):
+        beat_schedule.build_schedule({"PRUNE_SCHEDULE": "every night"})

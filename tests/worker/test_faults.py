@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 
 import psycopg
@@ -16,7 +14,7 @@ from celery.result import AsyncResult
 
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
 from testkit.faults import app_back, dump_blocked, in_thread, snapshot_ids, wait_until
-from testkit.servers import free_port, wait_port
+from testkit.servers import MotoServer, free_port
 from worker.backups import layout
 from worker.errors import JobFailed
 from worker.adapters.redis_store import connect as redis_connect
@@ -92,34 +90,13 @@ def test_postgres_vanishing_mid_dump(repos):
 
 # -- S3 repository ---------------------------------------------------------------------------
 
-class Moto:
-    """A local S3 endpoint (moto's server) on a fixed port, stoppable and restartable."""
-
-    def __init__(self, log):
-        self.port = free_port()
-        self.log = log
-        self.proc = None
-
-    def start(self) -> "Moto":
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def s3_site(site, tmp_path, monkeypatch):
     """The site's repositories on S3 (moto), credentials from AWS_*_FILE as the chart mounts them."""
-    log = open(tmp_path / "moto.log", "ab")
-    moto = Moto(log).start()
+    moto = MotoServer(tmp_path / "moto.log").start()
     (site.secrets / "aws-access-key-id").write_text("AKIATAIGABACKUPTEST\n")
     (site.secrets / "aws-secret-access-key").write_text("taiga-s3-secret-key-0123456789\n")
-    env = {"RESTIC_REPOSITORY": f"s3:http://127.0.0.1:{moto.port}/taiga-backups/taiga",
+    env = {"RESTIC_REPOSITORY": f"s3:{moto.url}/taiga-backups/taiga",
            "AWS_ACCESS_KEY_ID_FILE": str(site.secrets / "aws-access-key-id"),
            "AWS_SECRET_ACCESS_KEY_FILE": str(site.secrets / "aws-secret-access-key"),
            "AWS_DEFAULT_REGION": "us-east-1", "DUMP_TIMEOUT": "12", "FILES_TIMEOUT": "12", "DISCARD_TIMEOUT": "5"}
@@ -129,7 +106,6 @@ def s3_site(site, tmp_path, monkeypatch):
     site.moto = moto
     yield site
     moto.stop()
-    log.close()
 
 
 def s3_snapshots(site, repo: str) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from worker.settings import BY_ENV, SETTINGS, Settings, SettingsError, read
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]+)`\s*\|\s*([^|]*?)\s*\|", re.M)
 
 

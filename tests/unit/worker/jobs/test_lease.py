@@ -1,0 +1,47 @@
+"""worker/jobs/lease.py on fakeredis: one job per repository at a time, a dead holder's lease
+expires, and a job waits briefly behind the reconciler (never the other way round)."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+
+from worker.jobs.lease import JobBusy, JobLock
+
+
+def test_job_lease_refuses_a_second_holder_and_expires_when_the_holder_dies():
+    server = fakeredis.FakeServer()
+    first = JobLock(fakeredis.FakeRedis(server=server), "s3:bucket/taiga", lease_seconds=5)
+    second = JobLock(fakeredis.FakeRedis(server=server), "s3:bucket/taiga", lease_seconds=5)
+    other_repo = JobLock(fakeredis.FakeRedis(server=server), "s3:bucket/other", lease_seconds=5)
+    first.acquire("backup", "task-1")
+    with pytest.raises(JobBusy) as err:
+        second.acquire("restore", "task-2")
+    assert "backup task task-1" in str(err.value)
+    other_repo.acquire("backup", "task-3")  # another repository is independent
+    other_repo.release()
+    first._stop.set()  # the holder "dies": no more renewals
+    first.redis.expire(first.key, 1)
+    time.sleep(1.2)
+    second.acquire("restore", "task-2")
+    assert second.holder()["task_id"] == "task-2"
+    second.release()
+    assert second.holder() is None and second.active() is None
+
+
+def test_a_job_waits_briefly_behind_the_reconciler_but_not_behind_a_job():
+    import threading
+
+    server = fakeredis.FakeServer()
+    reconciler = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    job = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    reconciler.acquire("reconcile", "r-1")
+    threading.Timer(0.5, reconciler.release).start()
+    t0 = time.monotonic()
+    job.acquire("backup", "b-1", patience=10)
+    assert 0.4 < time.monotonic() - t0 < 5
+    with pytest.raises(JobBusy):
+        reconciler.acquire("reconcile", "r-2")  # a reconciler never waits behind a job
+    job.release()
