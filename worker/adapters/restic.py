@@ -242,15 +242,18 @@ class Repository:
             self.run("forget", *(["--prune"] if prune else []), "--", *snapshot_ids, timeout=timeout)
 
     # -- backup -----------------------------------------------------------------------------
-    def _backup_args(self, tags: list[str]) -> list[str]:
+    def _backup_args(self, tags: list[str], at: datetime | None = None) -> list[str]:
+        """`at`: the snapshot's time instead of now (restic reads --time as local time)."""
         args = ["backup", "--json", "--host", self.host]
         for tag in tags:
             args += ["--tag", tag]
+        if at is not None:
+            args += ["--time", at.astimezone().strftime("%Y-%m-%d %H:%M:%S")]
         return args
 
     def backup_dir(self, path: str, tags: list[str], *, on_status=None, timeout=None,
                    excludes: tuple[str, ...] = (), parent: str | None = None, full_id: bool = True,
-                   flags: tuple[str, ...] = ()) -> BackupSummary:
+                   flags: tuple[str, ...] = (), at: datetime | None = None) -> BackupSummary:
         """`restic backup .` from inside `path` (the seed's layout: snapshot paths are relative).
         `parent`: the snapshot to compare with (a pre-pass a moment ago: only what changed since
         is read). full_id=False leaves the short id, saving a restic run (a key derivation) on
@@ -258,7 +261,7 @@ class Repository:
         deadline = _deadline(timeout)
         lines = JsonLines(on_status)
         skip = [arg for pattern in excludes for arg in ("--exclude", pattern)]
-        args = [*self._backup_args(tags), *flags, *skip, *(["--parent", parent] if parent else []), "."]
+        args = [*self._backup_args(tags, at), *flags, *skip, *(["--parent", parent] if parent else []), "."]
         result = process.run(["restic", *args], env=self.env(), cwd=path,
                              what=f"restic backup ({self.name})", timeout=timeout, on_line=lines,
                              keep_stdout=False)
@@ -274,14 +277,15 @@ class Repository:
 
     def backup_pipe(self, producer: list[str], producer_env: dict, tags: list[str], *, filename="stdin",
                     on_status=None, timeout=None, producer_what=None, full_id: bool = True,
-                    flags: tuple[str, ...] = (), nice: int | None = None) -> BackupSummary:
+                    flags: tuple[str, ...] = (), nice: int | None = None,
+                    at: datetime | None = None) -> BackupSummary:
         """producer | restic backup --stdin, with no temporary file (`nice`: both ends niced). A
         snapshot made from a stream whose producer failed is removed again before the error is
         raised. When restic dies first, the producer fails too, on the closed pipe ("Broken
         pipe"): that says nothing, so restic's own error is the one raised."""
         deadline = _deadline(timeout)
         lines = JsonLines(on_status)
-        args = self._backup_args(tags) + list(flags) + ["--stdin"]
+        args = self._backup_args(tags, at) + list(flags) + ["--stdin"]
         if filename != "stdin":
             args += ["--stdin-filename", filename]
         prod, cons = process.pipe(producer, ["restic", *args], producer_env=producer_env,

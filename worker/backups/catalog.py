@@ -7,7 +7,8 @@ paired by nearest time (it dumped the database, then backed up the files, minute
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+import math
+from datetime import datetime, timezone
 
 from worker.adapters.restic import parse_time
 from worker.backups import layout
@@ -20,12 +21,28 @@ ID_TAG = "backup-id="
 PREPASS_TAG = "taiga-backup-prepass"
 PREPASS_OF_TAG = "prepass-of="
 KIND_TAG = "kind="
+# the backup's consistency point (the database snapshot's export, with the app down), to the
+# second rounded up: what `--before` compares with, whatever restic's time of each snapshot says
+# (a pre-pass that became the media snapshot keeps the time restic began reading, minutes before)
+POINT_TAG = "point="
+POINT_FORMAT = "%Y%m%dT%H%M%SZ"
 LEGACY_MAX_GAP_SECONDS = 6 * 3600
 
 
-def backup_tags(backup_id: str, trigger: str) -> list[str]:
-    """Tags shared by the two snapshots of one backup: how restore finds a backup's partner."""
-    return [PRODUCT_TAG, ID_TAG + backup_id, KIND_TAG + trigger]
+def backup_tags(backup_id: str, trigger: str, point: str | None = None) -> list[str]:
+    """Tags shared by the two snapshots of one backup: how restore finds a backup's partner, and
+    (once it is known) the backup's consistency point."""
+    return [PRODUCT_TAG, ID_TAG + backup_id, KIND_TAG + trigger, *([POINT_TAG + point] if point else [])]
+
+
+def point_stamp(moment: float) -> str:
+    """A consistency point as its tag writes it: the second after `moment` (time.time()), so a
+    backup is never said to be older than what it holds."""
+    return datetime.fromtimestamp(math.ceil(moment), timezone.utc).strftime(POINT_FORMAT)
+
+
+def point_time(stamp: str) -> datetime:
+    return datetime.strptime(stamp, POINT_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def prepass_tags(backup_id: str) -> list[str]:
@@ -54,8 +71,16 @@ class Backup:
 
     @property
     def time(self) -> datetime:
-        times = [parse_time(s["time"]) for s in (self.database, self.files) if s]
-        return min(times)
+        """The consistency point where the snapshots carry it; else (backups of the old procedure
+        and of earlier versions) the earlier of the two snapshots' times."""
+        points = [_tag(s, POINT_TAG) for s in (self.database, self.files) if s]
+        point = next((p for p in points if p), None)
+        if point:
+            try:
+                return point_time(point)
+            except ValueError:
+                pass  # not one of ours: the snapshots' times
+        return min(parse_time(s["time"]) for s in (self.database, self.files) if s)
 
     def snapshot_ids(self) -> dict:
         return {layout.FILES: self.files and self.files["id"], layout.DATABASE: self.database and self.database["id"]}

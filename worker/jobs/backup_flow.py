@@ -203,7 +203,9 @@ def dump_db(job: Job, ctx: BackupContext) -> None:
     try:
         with job.step("db_snapshot") as entry:
             snapshot = postgres.ExportedSnapshot(job.settings)
-            entry["snapshot"] = snapshot.id
+            # the backup's time: both snapshots carry it (catalog.POINT_TAG, restic's --time)
+            job.report["consistency_point"] = catalog.point_stamp(time.time())
+            entry.update(snapshot=snapshot.id, consistency_point=job.report["consistency_point"])
     except Exception:
         return
     held = hold(job, ctx.held, "dump_db", lambda child: steps.dump_db(

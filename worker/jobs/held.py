@@ -52,7 +52,7 @@ def hold(job: Job, held_steps: list[str], step: str, run, snapshot=None) -> Held
     once; `held_steps` (the chain context's list) learns its name, so a later link knows to join it."""
     child = Job(job.kind, job.settings, job.task)
     child.task_id = job.task_id
-    child.report.update(backup_id=job.report["backup_id"], trigger=job.report.get("trigger", "manual"))
+    child.report.update({k: job.report[k] for k in ("backup_id", "trigger", "consistency_point") if k in job.report})
     held = Held(child, snapshot)
 
     def body():

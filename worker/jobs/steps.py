@@ -24,7 +24,15 @@ log = logging.getLogger("taiga_backup.steps")
 
 def backup_tags(job: Job) -> list[str]:
     """The tags of this job's backup (catalog.backup_tags)."""
-    return catalog.backup_tags(job.report["backup_id"], job.report.get("trigger", "manual"))
+    return catalog.backup_tags(job.report["backup_id"], job.report.get("trigger", "manual"),
+                               job.report.get("consistency_point"))
+
+
+def point_of(job: Job) -> datetime | None:
+    """The backup's consistency point, once dump_db has exported it: the time of the snapshots
+    made after it (restic's --time), so restic's own listing agrees with ours."""
+    point = job.report.get("consistency_point")
+    return catalog.point_time(point) if point else None
 
 
 def kube_for(job: Job) -> Kube:
@@ -89,7 +97,7 @@ def dump_db(job: Job, db_size: int, dbname: str | None = None, snapshot: str | N
         summary = repo.backup_pipe(postgres.dump_argv(settings, dbname=dbname, snapshot=snapshot),
                                    postgres.client_env(settings), backup_tags(job), on_status=on_status,
                                    timeout=settings.dump_timeout, producer_what="pg_dump", full_id=full_id,
-                                   flags=layout.BACKUP_FLAGS[layout.DATABASE], nice=nice)
+                                   flags=layout.BACKUP_FLAGS[layout.DATABASE], nice=nice, at=point_of(job))
         entry.update(snapshot_id=summary.snapshot_id, format=settings.pg_dump_format,
                      dump_bytes=summary.total_bytes_processed, data_added=summary.data_added)
         return summary.as_dict()
@@ -121,7 +129,7 @@ def restic_backup(job: Job, files_dir: str | None = None, *, step: str = "restic
             return repo.backup_dir(files_dir or settings.files_dir, tags or backup_tags(job), on_status=on_status,
                                    timeout=settings.files_timeout, parent=parent,
                                    excludes=media.backup_excludes(files_dir or settings.files_dir),
-                                   full_id=full_id, flags=layout.BACKUP_FLAGS[layout.FILES])
+                                   full_id=full_id, flags=layout.BACKUP_FLAGS[layout.FILES], at=point_of(job))
 
         try:
             summary = attempt()
