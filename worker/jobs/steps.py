@@ -18,6 +18,7 @@ from worker.adapters.restic import ResticError
 from worker.backups import layout, media
 from worker.backups.database import pause_point
 from worker.jobs.job import Job
+from worker.settings import Settings
 
 log = logging.getLogger("taiga_backup.steps")
 
@@ -27,8 +28,14 @@ def backup_tags(job: Job) -> list[str]:
     return ["taiga-backup", f"backup-id={job.report['backup_id']}", f"kind={job.report.get('trigger', 'manual')}"]
 
 
+def kube_in(settings: Settings) -> Kube:
+    """The Kubernetes client for the configured namespace: a job's, or the reconciler's (which
+    runs no Job)."""
+    return Kube(settings.kube_namespace)
+
+
 def kube_for(job: Job) -> Kube:
-    return Kube(job.settings.kube_namespace)
+    return kube_in(job.settings)
 
 
 def quiesce(job: Job, kube: Kube | None, names: list[str]) -> dict:
