@@ -21,7 +21,7 @@ def resume(self, *args, **kwargs):
     requests.no_arguments(requests.RESUME, args, kwargs)
 
     def body(job: Job):
-        names = sorted(set(job.settings.quiesce_deployments) | set(job.settings.restore_quiesce_deployments))
+        names = job.settings.all_quiesced_deployments
         kube = steps.kube_for(job) if names else None
         return {"deployments": steps.resume(job, kube, names)}
 

@@ -503,6 +503,12 @@ class Settings:
     def pg_address(self) -> str:
         return f"{self.pg_host}:{self.pg_port}"
 
+    @property
+    def all_quiesced_deployments(self) -> list[str]:
+        """Every deployment a job may leave scaled down (a backup's set and a restore's wider one):
+        what the operator's resume and the reconciler bring back up."""
+        return sorted(set(self.quiesce_deployments) | set(self.restore_quiesce_deployments))
+
     @classmethod
     def from_env(cls, env=None) -> "Settings":
         env = os.environ if env is None else env

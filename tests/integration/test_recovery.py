@@ -4,7 +4,7 @@ may have died, or lost Redis, only after making it); a half pair goes."""
 
 from __future__ import annotations
 
-from tasks.reconcile import settle_backup
+from worker.jobs.reconcile_flow import settle_backup
 from testkit.faults import snapshot_ids
 from testkit.scenarios import run_backup, snapshots
 

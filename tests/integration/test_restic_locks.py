@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tasks.check import check_repositories
+from worker.jobs.check_flow import check_repositories
 from worker.errors import JobFailed
 from worker.jobs.job import run_job
 from worker.backups import layout, restic_locks

@@ -35,7 +35,7 @@ def run_undo(**kwargs) -> dict:
 
 
 def run_verify() -> dict:
-    from tasks.verify import verify_latest
+    from worker.jobs.verify_flow import verify_latest
 
     return run_job(None, "verify", verify_latest)
 

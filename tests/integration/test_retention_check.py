@@ -10,9 +10,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tasks.change_password import change_password
-from tasks.check import check, check_repositories
+from tasks.check import check
 from tasks import prune as prune_task
-from tasks.prune import prune_repositories
+from worker.jobs.check_flow import check_repositories
+from worker.jobs.prune_flow import prune_repositories
 from tasks.verify import verify
 from worker.jobs.backup_flow import take_backup
 from worker.errors import JobFailed, RequestInvalid

@@ -12,7 +12,7 @@ from testkit import dataset
 from testkit.site import NAMESPACE
 
 from worker.jobs.backup_flow import take_backup
-from tasks.verify import verify_latest
+from worker.jobs.verify_flow import verify_latest
 from worker.errors import JobFailed
 from worker.jobs.job import run_job
 from worker.backups import database, drill

@@ -16,7 +16,7 @@ import pytest
 from testkit.site import ROOT
 from worker.errors import JobFailed
 from worker.jobs.job import run_job
-from tasks.change_password import rotate
+from worker.jobs.password_flow import rotate
 from worker.jobs.lease import JobLock
 from worker.adapters.redis_store import connect as redis_connect
 
@@ -139,7 +139,7 @@ def test_a_change_killed_between_steps_is_finished_by_the_next_run(repos, new_pa
     shim.chmod(0o755)
     env = {**os.environ, **site.env, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
            "JOB_LOCK_LEASE": "5"}
-    code = ("from worker.jobs.job import run_job; from tasks.change_password import rotate; "
+    code = ("from worker.jobs.job import run_job; from worker.jobs.password_flow import rotate; "
             "run_job(None, 'change_password', rotate)")
     victim = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT), capture_output=True, timeout=120)
     assert victim.returncode == -signal.SIGKILL, victim.stderr.decode()[-2000:]

@@ -18,6 +18,7 @@ from worker.adapters.restic import ResticError
 from worker.backups import catalog, layout, media
 from worker.jobs.job import Job
 from worker.pause_points import pause_point
+from worker.settings import Settings
 
 log = logging.getLogger("taiga_backup.steps")
 
@@ -35,8 +36,14 @@ def point_of(job: Job) -> datetime | None:
     return catalog.point_time(point) if point else None
 
 
+def kube_in(settings: Settings) -> Kube:
+    """The Kubernetes client for the configured namespace: a job's, or the reconciler's (which
+    runs no Job)."""
+    return Kube(settings.kube_namespace)
+
+
 def kube_for(job: Job) -> Kube:
-    return Kube(job.settings.kube_namespace)
+    return kube_in(job.settings)
 
 
 def quiesce(job: Job, kube: Kube | None, names: list[str]) -> dict:

@@ -1,0 +1,152 @@
+"""The reconciler (`taiga_backup.reconcile` runs it): the guarantee that the app is never left
+scaled down.
+
+A deployment that still carries our quiesce annotation while the worker process named on it no
+longer answers was left down by a job that died (SIGKILL, OOM, node lost): scale it back. The
+lease alone does not tell - a Redis restart wipes it while the job goes on. The dead job itself,
+still STARTED in Redis, is marked FAILURE so nobody waits for it forever, and what it made is
+settled by its own backup id only.
+
+What only the Celery app can answer (a task's state, the live worker processes) or do (mark a
+task failed in the result backend) comes in as `CeleryView`, so this layer needs no app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from worker import redact
+from worker.adapters.redis_store import connect as redis_connect, report_key
+from worker.backups import catalog, layout, switch
+from worker.errors import JobFailed
+from worker.jobs import restore_steps, steps
+from worker.jobs.job import Job, now_iso, store_report
+from worker.jobs.lease import JobBusy, JobLock
+from worker.settings import Settings
+
+log = logging.getLogger("taiga_backup.reconcile")
+
+
+@dataclass(frozen=True)
+class CeleryView:
+    """The Celery side, passed in by the task."""
+    ended: Callable[[str], bool]  # the task id's state in the result backend is a ready (final) one
+    mark_failed: Callable[[str, Exception], None]  # records the task as FAILURE in the result backend
+    live: switch.LiveHolders  # `host/id` of the worker processes that answer now
+
+
+def _finished(settings: Settings, celery: CeleryView, task_id: str) -> bool:
+    """The task ended on its own (only its lease release was lost): nothing to settle."""
+    if celery.ended(task_id):
+        return True
+    raw = redis_connect(settings).get(report_key(task_id))
+    return bool(raw) and json.loads(raw).get("state") in ("SUCCESS", "FAILURE")
+
+
+def settle_backup(settings: Settings, active: dict) -> tuple[Job, str]:
+    """What a killed backup (or a restore's safety backup) made, judged by its own backup id only
+    (recorded in its lease record):
+    a complete pair is a good backup and stays; a half one (one repository, or a media pre-pass)
+    is forgotten, as the backup would have done had it failed - `latest` must never point at half
+    a backup. Snapshots of any other job, made before or after, are never touched. Returns the
+    job that did the forgetting and a sentence for the report."""
+    job = Job("backup", settings)
+    backup_id = active.get("backup_id")  # a backup's, or the safety backup a restore was making
+    if not backup_id:
+        return job, "it had made no snapshot"
+    repos = layout.both(settings)
+    for repo in repos.values():
+        repo.unlock_stale(timeout=settings.discard_timeout)  # the killed restic's lock, same host
+    tagged = {name: repo.snapshots(tag=catalog.ID_TAG + backup_id) for name, repo in repos.items()}
+    pair = next((b for b in catalog.pair(tagged[layout.FILES], tagged[layout.DATABASE]) if b.id == backup_id), None)
+    keep = set(pair.snapshot_ids().values()) if pair is not None and pair.complete else set()
+    prepasses = repos[layout.FILES].snapshots(tag=catalog.PREPASS_OF_TAG + backup_id)  # never a backup
+    for name, snaps in {**tagged, layout.FILES: tagged[layout.FILES] + prepasses}.items():
+        for snapshot in snaps:
+            if snapshot["id"] not in keep:
+                steps.discard(job, {name: snapshot["id"]})
+    if keep:
+        return job, f"its backup {backup_id} is complete (both snapshots) and was kept"
+    return job, f"its half-made backup {backup_id} was discarded"
+
+
+def mark_interrupted(settings: Settings, celery: CeleryView, active: dict) -> str | None:
+    """Marks a job whose worker died FAILURE (Celery state and our report) and settles what it
+    made. None when the job had in fact finished."""
+    task_id = active.get("task_id")
+    if task_id and _finished(settings, celery, task_id):
+        return None
+    try:
+        cleanup, outcome = settle_backup(settings, active)
+        extra = {"discarded_snapshots": cleanup.report.get("discarded_snapshots", {}), "errors": cleanup.errors}
+    except Exception as exc:  # marking the job failed matters more than tidying the repository
+        outcome, extra = "what it made could not be settled", {"errors": [redact.redact(f"discard: {exc}")]}
+    message = (f"interrupted: the worker running this {active.get('kind', 'job')} on {active.get('host', '?')} "
+               f"stopped before it reported its end (started {active.get('since', '?')}); {outcome}; the app was "
+               f"resumed by the reconciler")
+    if task_id:
+        celery.mark_failed(task_id, JobFailed(message))
+        store_report(settings, {"job": active.get("kind", "job"), "task_id": task_id, "state": "FAILURE",
+                                "error": message, "finished_at": now_iso(), "interrupted": True,
+                                "backup_id": active.get("backup_id"), **extra})
+    log.error("%s", message)
+    return message
+
+
+def resume_abandoned(settings: Settings, celery: CeleryView, kube, names: list[str]) -> dict:
+    """Resumes the deployments whose quiescing process is gone (or whose job has ended): a lease
+    missing from Redis is not proof of that - a Redis restart without persistence wipes it while
+    the job goes on. Returns what it resumed and what it left to a job still running."""
+    holders = kube.holders(names)
+    if not holders:
+        return {}
+    alive = celery.live()
+    running = {name: h["job"] for name, h in holders.items()
+               if h.get("holder") in alive and not (h.get("job") and _finished(settings, celery, h["job"]))}
+    out = {}
+    if running:
+        out["left_to_running_job"] = running
+        log.info("reconcile: %s quiesced by a job whose worker is alive; left alone", ", ".join(sorted(running)))
+    abandoned = [name for name in names if name in holders and name not in running]
+    if abandoned:
+        out["resumed"] = kube.resume(abandoned, settings.resume_timeout)
+        log.warning("reconcile: resumed %s", out["resumed"])
+    return out
+
+
+def reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
+    """Resumes what a dead job left scaled down first (the app matters most), then settles the
+    jobs whose holder died. Skipped while a job holds the repository."""
+    lock = JobLock(redis_connect(settings), settings.restic_repository, settings.lock_lease_seconds)
+    try:
+        lock.acquire("reconcile", task_id)
+    except JobBusy:
+        return {"state": "skipped", "reason": "a job holds the repository"}
+    try:
+        # an interrupted restore switch is completed or rolled back BEFORE anything is resumed, so
+        # the app never starts on half old, half restored data (raises - and the app stays down -
+        # only when it cannot be settled)
+        settled = restore_steps.settle_before_resume(settings, celery.live)
+
+        result = {"state": "ok", "resumed": {}, **({"restore": settled} if settled else {})}
+        failure = None
+        names = settings.all_quiesced_deployments
+        if names:
+            try:
+                kube = steps.kube_in(settings)
+                result.update(resume_abandoned(settings, celery, kube, names))
+                steps.refresh_quiesced(kube, names)
+            except Exception as exc:  # still settle the interrupted jobs; fail afterwards
+                failure = exc
+        for raw, active in lock.interrupted():
+            if mark_interrupted(settings, celery, active) is not None:
+                result["interrupted_task"] = active.get("task_id")
+            lock.settled(raw)
+        if failure is not None:
+            raise failure
+        return result
+    finally:
+        lock.release()
