@@ -32,14 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import Operator, downtime  # noqa: E402
+from bench.old_operator import RESTORE_DEPLOYMENTS, Operator, downtime  # noqa: E402
 from testkit import dataset, old_procedure  # noqa: E402
 from testkit.k8s_double import KubeApiDouble  # noqa: E402
 from testkit.restore_checks import live_files  # noqa: E402
 from testkit.servers import PostgresCluster, RedisServer  # noqa: E402
-from testkit.site import NAMESPACE, RESTORE_ONLY_DEPLOYMENTS, BACKUP_DEPLOYMENTS, Site  # noqa: E402
-
-ALL = {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}
+from testkit.site import NAMESPACE, Site  # noqa: E402
 
 
 def live(site) -> dict:
@@ -57,7 +55,7 @@ def measure(scale: float, repeat: int, work: Path) -> dict:
     kube = KubeApiDouble(pod_start_delay=1.0, pod_stop_delay=1.0).start()
     try:
         kube.kubeconfig = kube.write_kubeconfig(str(work / "kubeconfig"))
-        for name, replicas in ALL.items():
+        for name, replicas in RESTORE_DEPLOYMENTS.items():
             kube.add_deployment(NAMESPACE, name, replicas=replicas)
         site = Site(work, pg, redis_server, kube, str(work / "restic-cache"))
         pg.create_app_db(site.dbname, site.db_user, site.db_password)
@@ -82,15 +80,15 @@ def measure(scale: float, repeat: int, work: Path) -> dict:
             settle(site)
             t0 = time.monotonic()
             since = t0
-            operator.scale_down(ALL)
+            operator.scale_down(RESTORE_DEPLOYMENTS)
             try:
                 old_procedure.old_restore(str(site.repo), str(site.media), db,
                                           {"RESTIC_PASSWORD_FILE": str(site.password_file),
                                            "RESTIC_CACHE_DIR": site.env["RESTIC_CACHE_DIR"]},
                                           snapshot=made["snapshots"])  # the seed's commands, with ids for `latest`
             finally:
-                operator.scale_up(ALL)
-            old = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, ALL, since),
+                operator.scale_up(RESTORE_DEPLOYMENTS)
+            old = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, RESTORE_DEPLOYMENTS, since),
                    "verified": live(site) == backed_up}
             # the state a restore replaces in production: changed, backed up last night, changed again
             dataset.apply_day_of_changes(site.conninfo, str(site.media), seed=2)
@@ -101,14 +99,14 @@ def measure(scale: float, repeat: int, work: Path) -> dict:
 
             t0 = since = time.monotonic()
             report = run_restore(snapshot=first)
-            new = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, ALL, since),
+            new = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, RESTORE_DEPLOYMENTS, since),
                    "job_downtime_s": report["downtime_seconds"], "verified": live(site) == backed_up,
                    "steps": {k: v["seconds"] for k, v in report["steps"].items()},
                    "safety_steps": {k: v["seconds"] for k, v in
                                     (report["steps"].get("safety_backup") or {}).get("steps", {}).items()}}
             t0 = since = time.monotonic()
             undone = run_job(None, "undo_restore", lambda job: undo(job, None))
-            back = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, ALL, since),
+            back = {"wall_s": round(time.monotonic() - t0, 3), "downtime_s": downtime(kube, RESTORE_DEPLOYMENTS, since),
                     "job_downtime_s": undone["downtime_seconds"], "verified": live(site) == changed}
             settle(site)
             t0 = time.monotonic()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import run as bench_run  # noqa: E402
+from bench import report  # noqa: E402
+from bench.experiments import MEDIA_EXPERIMENTS  # noqa: E402
 
 VARIANT = "tb-plain"
 TARGETS = {
@@ -41,7 +43,7 @@ def one_scale(scale: float, args, out: Path) -> dict:
             "--out", str(out), "--pod-start-delay", str(args.pod_delay), "--pod-stop-delay", str(args.pod_delay),
             "--experiments", args.experiments if scale == max(args.scales) else "none",
             "--media-experiments", args.media_experiments if scale == max(args.scales) else "none"]
-    bench_run.main(argv)
+    subprocess.run([sys.executable, "-m", "bench.run", *argv], cwd=str(ROOT), check=True)
     newest = max(out.glob(f"results-scale{scale:g}-*.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(newest.read_text())
 
@@ -65,10 +67,10 @@ def figures(by_scale: dict) -> dict:
             "old_full_wall_s": get(summary, "old", "full", "wall_s"),
             "old_full_downtime_s": get(summary, "old", "full", "downtime_s"),
             "full_wall_s": get(summary, VARIANT, "full", "wall_s"),
-            "full_wall_vs_old": bench_run.ratio(get(summary, VARIANT, "full", "wall_s"), get(summary, "old", "full", "wall_s")),
+            "full_wall_vs_old": report.ratio(get(summary, VARIANT, "full", "wall_s"), get(summary, "old", "full", "wall_s")),
             "downtime_s": get(summary, VARIANT, "full", "downtime_s"),
             "downtime_range_s": get(summary, VARIANT, "full", "downtime_range_s"),
-            "downtime_vs_old_backup": bench_run.ratio(get(summary, VARIANT, "full", "downtime_s"),
+            "downtime_vs_old_backup": report.ratio(get(summary, VARIANT, "full", "downtime_s"),
                                                       get(summary, "old", "full", "wall_s")),
             "old_incr_wall_s": get(summary, "old", "incr", "wall_s"),
             "old_incr_downtime_s": get(summary, "old", "incr", "downtime_s"),
@@ -90,7 +92,7 @@ def markdown(result: dict) -> str:
     p = f["per_scale"]
 
     def cell(scale, key, unit="", nd=1):
-        return bench_run._fmt(p[scale].get(key), unit, nd)
+        return report.fmt(p[scale].get(key), unit, nd)
 
     rows = [
         ("old procedure: full backup wall", "", "old_full_wall_s", " s"),
@@ -117,7 +119,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {label} | {target} | {cell(small, key, unit, nd)}{extra} | {cell(big, key, unit, nd)} |")
     g = f["downtime_growth_per_old_second"]
     lines.append(f"| downtime growth per second of old backup growth ({small} → {big}) | ≤ 0.15 s/s | "
-                 f"{bench_run._fmt(g, ' s/s', 3)} | |")
+                 f"{report.fmt(g, ' s/s', 3)} | |")
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pod-delay", type=float, default=1.0, help="pod start and stop delay in the API double")
     ap.add_argument("--experiments", default="plain,plain-zoff,plain-pack64")
-    ap.add_argument("--media-experiments", default=",".join(bench_run.MEDIA_EXPERIMENTS))
+    ap.add_argument("--media-experiments", default=",".join(MEDIA_EXPERIMENTS))
     ap.add_argument("--out", default=None, help="where bench.run writes (default: a temporary directory)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "performance-backup.json"))
     args = ap.parse_args(argv)
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
     Path(args.json).write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
     print(result["markdown"])
     for scale, r in by_scale.items():
-        print(bench_run.markdown(r))
+        print(report.markdown(r))
     return 0
 
 
