@@ -109,7 +109,7 @@ def media(lab: Lab, name: str) -> list[dict]:
 
 
 def _load_streamed(settings, fmt: str, scratch: str, renv: dict, cenv: dict) -> tuple[bool, str]:
-    """`restic dump | psql` (plain) or `| pg_restore` (custom), as worker.backups.database loads."""
+    """`restic dump | psql` (plain) or `| pg_restore` (custom), as worker.backups.dump_loader loads."""
     from worker.adapters import postgres, process
 
     loader = (postgres.psql_argv(settings, scratch) if fmt.startswith("plain")
@@ -137,7 +137,7 @@ def _load_from_file(lab: Lab, settings, method: str, scratch: str, renv: dict, c
 
 def restores(lab: Lab, fmt: str, reference_tables: dict | None) -> list[dict]:
     """Loads the latest dump of an experiment into a scratch database: streamed (psql or
-    pg_restore, as worker.backups.database does), and for the custom formats also via a seekable file with
+    pg_restore, as worker.backups.dump_loader does), and for the custom formats also via a seekable file with
     pg_restore -j (the file write is timed as part of it)."""
     from worker.adapters import postgres
 

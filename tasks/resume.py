@@ -23,6 +23,6 @@ def resume(self, *args, **kwargs):
     def body(job: Job):
         names = job.settings.all_quiesced_deployments
         kube = steps.kube_for(job) if names else None
-        return {"deployments": steps.resume(job, kube, names)}
+        return {"deployments": steps.scale_back(job, kube, names)}
 
     return run_job(self, "resume", body)

@@ -14,6 +14,7 @@ from celery import Celery
 from celery import signals as celery_signals
 
 import beat_schedule
+from worker import instance
 from worker.jobs.job import REPORT_TTL
 from worker.runtime import control, security, signals  # noqa: F401 (connect handlers, register commands)
 from worker.settings import broker_urls, read
@@ -68,13 +69,15 @@ def make_app(env=None) -> Celery:
 # The queue only this worker process reads (set when it starts): a backup chain's links go there,
 # to the process that holds the database snapshot's transaction and the running dump. Like
 # Celery's worker_direct, but per process, not per node name: two workers started on one host
-# share a node name (tests, `celery worker` run twice), never a pid.
+# share a node name (tests, `celery worker` run twice), and a restarted container has the same
+# host name and, under tini, the same pid - never the same instance id (worker.instance): a new
+# worker must not run the links a dead one left in its queue.
 PINNED: dict[str, str] = {}
 
 
 @celery_signals.celeryd_after_setup.connect
 def _read_own_queue(sender=None, instance=None, **_):
-    name = f"{sender}.{os.getpid()}.pinned"
+    name = f"{sender}.{instance.ID[:16]}.pinned"
     instance.app.amqp.queues.select_add(name)
     PINNED["queue"] = name
 

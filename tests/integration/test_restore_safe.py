@@ -18,7 +18,7 @@ from testkit.restore_checks import (KEPT_PREFIX, cut_points, kept_state, live_st
 from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, change_everything, run_backup, run_restore
 from testkit.site import NAMESPACE
 
-from worker.backups import database
+from worker.backups import dump_loader
 from worker.errors import JobFailed, RequestInvalid
 from worker.jobs import requests
 from worker.jobs.job import run_job
@@ -63,7 +63,7 @@ def test_a_cut_plain_dump_of_the_old_procedure_fails_the_restore_and_the_drill(r
     whole = plain_dump(site)
     old_backup_cut(site, cut_points(whole)[cut])
     stored = site.restic("pg-database", "dump", "latest", "stdin").stdout
-    assert len(stored) == cut_points(whole)[cut] and database.TRAILER not in stored  # saved as a valid snapshot
+    assert len(stored) == cut_points(whole)[cut] and dump_loader.TRAILER not in stored  # saved as a valid snapshot
     change_everything(site)
 
     message = fails_touching_nothing(site, "is incomplete: it does not end with pg_dump's trailer")

@@ -15,7 +15,7 @@ from worker.jobs.backup_flow import take_backup
 from worker.jobs.verify_flow import verify_latest
 from worker.errors import JobFailed
 from worker.jobs.job import run_job
-from worker.backups import database, drill
+from worker.backups import drill, dump_loader
 from worker.adapters import postgres
 from worker.adapters.redis_store import connect as redis_connect
 
@@ -110,7 +110,7 @@ def test_verify_without_a_complete_backup_fails_clearly(repos):
 
 
 def test_dump_row_counter_follows_copy_sections():
-    rows = database.PlainWatch()
+    rows = dump_loader.PlainWatch()
     for line in (b'COPY public."Odd Name" (a) FROM stdin;\n', b"x\n", b"y\n", b"\\.\n",
                  b"COPY public.empty (a) FROM stdin;\n", b"\\.\n", b"SELECT 1;\n"):
         rows(line)

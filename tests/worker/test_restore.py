@@ -58,7 +58,7 @@ def kinds_of(site, repo: str, snapshot_id: str) -> list[str]:
 
 
 def no_staging_left(site) -> bool:
-    return not [n for n in os.listdir(site.media) if n.startswith(media.PREFIX)]
+    return not [n for n in os.listdir(site.media) if n.startswith(media.STAGING_PREFIX)]
 
 
 def last_report(site, state_name: str) -> dict:
@@ -123,16 +123,16 @@ def test_files_stage_keeps_odd_names_chowns_and_reads_absolute_snapshots(site, t
     repo = layout.repository(settings, layout.FILES)
     repo.init_if_missing()
     add_odd_files(site.media)
-    (site.media / (media.PREFIX + "leftover")).mkdir()  # a killed restore's staging area: not backed up ...
+    (site.media / (media.STAGING_PREFIX + "leftover")).mkdir()  # a killed restore's staging area: not backed up ...
     (site.media / "sub").mkdir()
-    (site.media / "sub" / (media.PREFIX + "upload")).write_text("a user's file of that name")  # ... this is
+    (site.media / "sub" / (media.STAGING_PREFIX + "upload")).write_text("a user's file of that name")  # ... this is
     before = {k: v for k, v in live_files(site.media).items() if k != media.MARKER}  # the marker stays put
     summary = repo.backup_dir(str(site.media), ["t"], excludes=media.backup_excludes(str(site.media)))
     listed = [n["path"] for n in repo.ls(summary.snapshot_id)]
-    assert "/" + media.PREFIX + "leftover" not in listed and "/sub/" + media.PREFIX + "upload" in listed
+    assert "/" + media.STAGING_PREFIX + "leftover" not in listed and "/sub/" + media.STAGING_PREFIX + "upload" in listed
     snap = [s for s in repo.snapshots() if s["id"] == summary.snapshot_id][0]
     assert snap["paths"] == [str(site.media)]  # restic records the absolute path of `.` ...
-    os.rmdir(site.media / (media.PREFIX + "leftover"))
+    os.rmdir(site.media / (media.STAGING_PREFIX + "leftover"))
 
     target = tmp_path / "target"
     target.mkdir()

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from worker.adapters import databases, postgres, process
 from worker.adapters.restic import Repository, ResticError
-from worker.backups import catalog, database
+from worker.backups import catalog, dump_loader
 from worker.errors import OperatorError
 from worker.settings import Settings
 
@@ -53,7 +53,7 @@ def latest_backup(settings: Settings) -> catalog.Backup:
 def dump_row_counts(repo: Repository, snapshot_id: str, timeout: float | None) -> dict[str, int]:
     """Rows per table of a custom archive, streamed through `pg_restore --data-only` (a plain
     dump is counted by the loader itself, in the same pass)."""
-    rows = database.PlainWatch()
+    rows = dump_loader.PlainWatch()
     prod, cons = process.pipe(repo.dump_argv(snapshot_id), ["pg_restore", "--data-only", "--file=-"],
                               producer_env=repo.env(), consumer_env=process.child_env(),
                               producer_what=f"restic dump ({repo.name})", timeout=timeout,
@@ -101,13 +101,13 @@ def check_database(scratch: Settings, repo: Repository, snapshot_id: str, dbname
     fmt = database.detect_format(repo, snapshot_id)
     try:
         if fmt == "plain":
-            watch = database.PlainWatch()
-            database.load(scratch, repo, snapshot_id, dbname, timeout=timeout, watch=watch)
+            watch = dump_loader.PlainWatch()
+            dump_loader.load(scratch, repo, snapshot_id, dbname, timeout=timeout, watch=watch)
             expected = watch.counts
         else:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 counted = pool.submit(dump_row_counts, repo, snapshot_id, timeout)
-                database.load(scratch, repo, snapshot_id, dbname, timeout=timeout)
+                dump_loader.load(scratch, repo, snapshot_id, dbname, timeout=timeout)
                 expected = counted.result()
     except database.DumpError as exc:
         raise DrillError(f"backup {backup_id or snapshot_id[:8]} does not restore: {exc}") from None

@@ -29,11 +29,11 @@ from worker.errors import OperatorError
 
 log = logging.getLogger(__name__)
 
-PREFIX = ".taiga-backup-restore-"
+STAGING_PREFIX = ".taiga-backup-restore-"
 KEPT_PREFIX = ".taiga-backup-before-"
 JOURNAL = ".taiga-backup-switch.json"
 MARKER = ".taiga-backup-media"
-OURS = (PREFIX, KEPT_PREFIX, JOURNAL, MARKER)
+OURS = (STAGING_PREFIX, KEPT_PREFIX, JOURNAL, MARKER)
 SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt", "/proc", "/root",
                "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/usr/local")
 _GLOB = re.compile(r"([*?\\[])")
@@ -45,7 +45,7 @@ def backup_excludes(files_dir: str) -> tuple[str, ...]:
     starts with `/` against the absolute path, also for `restic backup .` (checked against a real
     restic), so a user's upload named like our staging area deeper down is still backed up."""
     root = _GLOB.sub(r"\\\1", os.path.realpath(files_dir).rstrip("/"))
-    return (f"{root}/{PREFIX}*", f"{root}/{JOURNAL}")
+    return (f"{root}/{STAGING_PREFIX}*", f"{root}/{JOURNAL}*")  # the journal and its temporary name
 
 
 def is_ours(name: str) -> bool:
@@ -126,7 +126,7 @@ def stage(repo: Repository, snapshot: dict, files_dir: str, ids: tuple[int, int]
           timeout: float | None = None, name: str | None = None) -> Staged:
     """Restores the snapshot into a staging directory inside files_dir (`name`, or a fresh one).
     The live files are not touched; on any error the staging directory is removed again."""
-    staging = os.path.join(files_dir, name or PREFIX + uuid.uuid4().hex[:12])
+    staging = os.path.join(files_dir, name or STAGING_PREFIX + uuid.uuid4().hex[:12])
     os.mkdir(staging, 0o700)
     try:
         repo.restore(snapshot["id"], staging, timeout=timeout)

@@ -71,7 +71,7 @@ def before_db(settings: Settings, rid: str) -> str:
 
 
 def staging_dir(settings: Settings, rid: str) -> str:
-    return os.path.join(settings.files_dir, media.PREFIX + rid)
+    return os.path.join(settings.files_dir, media.STAGING_PREFIX + rid)
 
 
 def kept_dir(settings: Settings, rid: str) -> str:
@@ -124,7 +124,7 @@ def read_journal(settings: Settings) -> dict | None:
     source = doc.get("source") if isinstance(doc, dict) else None
     if not (isinstance(rid, str) and ID_FORMAT.fullmatch(rid) and doc.get("direction") in ("forward", "back")
             and doc.get("media") in POSITIONS and isinstance(source, str)
-            and os.path.normpath(source).split(os.sep)[0] == media.PREFIX + rid and ".." not in source.split("/")):
+            and os.path.normpath(source).split(os.sep)[0] == media.STAGING_PREFIX + rid and ".." not in source.split("/")):
         raise SwitchError(f"the switch journal {_journal_path(settings)} is not one of ours: look at it by hand")
     return doc
 
@@ -257,7 +257,7 @@ def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
     if not os.path.isdir(kept_dir(settings, rid)):
         raise SwitchError(f"restore {rid} kept no previous media ({kept_dir(settings, rid)} is gone)")
     doc = {"version": VERSION, "id": rid, "direction": "back", "media": "new", "had_live": True,
-           "source": media.PREFIX + rid, "db": db, "holder": instance.holder()}
+           "source": media.STAGING_PREFIX + rid, "db": db, "holder": instance.holder()}
     _write_journal(settings, doc)
     try:
         killed = databases.rename_all(settings, [(db, side), (before, db)], terminate=[db])
@@ -327,9 +327,9 @@ def remove_leftovers(settings: Settings, live: LiveHolders = set) -> list[str]:
     last, so a side database is never left without the claim that protects it."""
     side = settings.pg_db + SIDE
     dbs = set(databases.names_with_prefix(settings, side))
-    entries = [n for n in os.listdir(settings.files_dir) if n.startswith(media.PREFIX)]
+    entries = [n for n in os.listdir(settings.files_dir) if n.startswith(media.STAGING_PREFIX)]
     rids = {name[len(side):] for name in dbs} | {
-        name[len(media.PREFIX):].removesuffix(".tmp").removesuffix(HOLDER_SUFFIX) for name in entries}
+        name[len(media.STAGING_PREFIX):].removesuffix(".tmp").removesuffix(HOLDER_SUFFIX) for name in entries}
     holders = {rid: _holder(settings, rid) for rid in rids}
     alive = live() if any(holders.values()) else set()
     gone = []
@@ -338,7 +338,7 @@ def remove_leftovers(settings: Settings, live: LiveHolders = set) -> list[str]:
             continue
         if side + rid in dbs:
             gone += databases.drop(settings, side + rid)
-        for name in sorted(n for n in entries if n == media.PREFIX + rid or n.startswith(media.PREFIX + rid + ".")):
+        for name in sorted(n for n in entries if n == media.STAGING_PREFIX + rid or n.startswith(media.STAGING_PREFIX + rid + ".")):
             path = os.path.join(settings.files_dir, name)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
             gone.append(name)

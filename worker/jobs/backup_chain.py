@@ -109,7 +109,7 @@ def run_abort(task, doc: dict, failure: str) -> dict | None:
     job.fail("chain", OperatorError(failure))
     if job.lease is not None:
         names = list(settings.quiesce_deployments)
-        steps.resume(job, steps.kube_for(job) if names else None, names)
+        steps.scale_back(job, steps.kube_for(job) if names else None, names)
     backup_flow.join_all(job, ctx)
     if job.lease is None:  # lost: the repositories may be another job's now
         return _ended(job)

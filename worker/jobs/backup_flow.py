@@ -154,7 +154,7 @@ def media_prepass(job: Job, ctx: BackupContext) -> None:
     if tree is not None:
         ctx.tree = tree.as_dict()
     eta = prepass_eta(job)
-    held = hold(job, ctx.held, "media_prepass", lambda child: steps.restic_backup(
+    held = hold(job, ctx.held, "media_prepass", lambda child: steps.backup_media(
         child, step="media_prepass", tags=catalog.prepass_tags(job.report["backup_id"]), full_id=False, make_ready=_files_ready(job),
         watch=eta))
     while not held.done.wait(0.05) and not eta.near.is_set():
@@ -188,7 +188,7 @@ def quiesce(job: Job, ctx: BackupContext) -> None:
     ctx.quiesced = True  # from here on, resume runs whatever happens
     ctx.down_since = time.time()
     try:
-        steps.quiesce(job, _kube(job, ctx), ctx.names)
+        steps.scale_down(job, _kube(job, ctx), ctx.names)
     except Exception:
         pass
 
@@ -208,7 +208,7 @@ def dump_db(job: Job, ctx: BackupContext) -> None:
             entry.update(snapshot=snapshot.id, consistency_point=job.report["consistency_point"])
     except Exception:
         return
-    held = hold(job, ctx.held, "dump_db", lambda child: steps.dump_db(
+    held = hold(job, ctx.held, "dump_db", lambda child: steps.stream_dump(
         child, ctx.db_size, snapshot=snapshot.id, full_id=False, nice=DUMP_NICE), snapshot=snapshot)
     if not job.settings.parallel_backup:
         held.done.wait()
@@ -229,7 +229,7 @@ def restic_backup(job: Job, ctx: BackupContext) -> None:
         hold(job, ctx.held, "tidy_files", lambda child: _promote(job.settings, short, tags))
         return
     try:
-        summary = steps.restic_backup(job, parent=ctx.prepass, full_id=False)
+        summary = steps.backup_media(job, parent=ctx.prepass, full_id=False)
         ctx.results[layout.FILES] = with_prepass(summary, ctx.prepass_summary)
     except Exception:
         return
@@ -283,7 +283,7 @@ def resume(job: Job, ctx: BackupContext) -> None:
     reconciler resumes it once no job holds the lease)."""
     if not ctx.quiesced or ctx.lost:
         return
-    ctx.deployments = steps.resume(job, _kube(job, ctx), ctx.names)
+    ctx.deployments = steps.scale_back(job, _kube(job, ctx), ctx.names)
     ctx.downtime_seconds = round(time.time() - ctx.down_since, 3) if ctx.names else 0.0
 
 

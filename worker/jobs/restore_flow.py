@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from worker.adapters import databases
 from worker.adapters.restic import Repository, ResticError
-from worker.backups import catalog, database, layout, media, selection, switch
+from worker.backups import catalog, dump_loader, layout, media, selection, switch
 from worker.backups.selection import SelectionError
 from worker.errors import JobFailed
 from worker.jobs import restore_steps, steps
@@ -166,10 +166,10 @@ def _prepare(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Ta
         with job.step("load_database") as entry:
             databases.create_like(settings, target, side)
             try:
-                fmt = database.load(settings, repos[layout.DATABASE], chosen.database["id"], side,
+                fmt = dump_loader.load(settings, repos[layout.DATABASE], chosen.database["id"], side,
                                     timeout=settings.restore_timeout, pause="load")
             except Exception as exc:
-                if database.out_of_space(exc):
+                if dump_loader.out_of_space(exc):
                     raise JobFailed(f"the PostgreSQL server ran out of disk space loading the backup beside "
                                     f"{target.name}: a restore needs about "
                                     f"{job.report['plan']['space_needed']['database_bytes']} bytes free there "
@@ -181,7 +181,7 @@ def _prepare(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Ta
     def stage() -> media.Staged:
         with job.step("stage_files") as entry:
             staged = media.stage(repos[layout.FILES], chosen.files, settings.files_dir, ids,
-                                 timeout=settings.restore_timeout, name=media.PREFIX + rid)
+                                 timeout=settings.restore_timeout, name=media.STAGING_PREFIX + rid)
             entry.update(count=staged.count, bytes=staged.bytes)
             return staged
 

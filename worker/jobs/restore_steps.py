@@ -52,13 +52,13 @@ def down_for(job: Job, kube, names: list[str], what, *, step: str = "switch") ->
     """quiesce -> what() in its own step -> resume (whatever failed). Records downtime_seconds."""
     down_since = time.monotonic()
     try:
-        steps.quiesce(job, kube, names)
+        steps.scale_down(job, kube, names)
         with job.step(step) as entry:
             done = what()
             entry.update(done)
             return done
     finally:
-        job.report["deployments"] = steps.resume(job, kube, names)
+        job.report["deployments"] = steps.scale_back(job, kube, names)
         job.report["downtime_seconds"] = round(time.monotonic() - down_since, 3) if names else 0.0
 
 

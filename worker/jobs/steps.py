@@ -1,9 +1,10 @@
-"""The steps every job is made of: quiesce and resume the app, the two halves of a backup
-(dump_db, restic_backup) and what a failed backup must undo (discard).
+"""The steps every job is made of: scale the app down and back (scale_down, scale_back), the two
+halves of a backup (stream_dump, backup_media) and what a failed backup must undo (discard).
 
-Plain functions of a Job, with no Celery in them: the backup task, the restore's safety backup
-and the reconciler all use them. `resume` never raises: the app must come back whatever failed
-before it.
+Plain functions of a Job, with no Celery in them: the backup chain's links (worker.jobs.backup_flow,
+whose steps are named after the links: quiesce, dump_db, restic_backup, resume), the restore's
+safety backup and the reconciler all use them. `scale_back` never raises: the app must come back
+whatever failed before it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def kube_for(job: Job) -> Kube:
     return kube_in(job.settings)
 
 
-def quiesce(job: Job, kube: Kube | None, names: list[str]) -> dict:
+def scale_down(job: Job, kube: Kube | None, names: list[str]) -> dict:
     """Scales the deployments to 0 (after recording their counts on them) and waits for their pods."""
     with job.step("quiesce") as entry:
         if not names or kube is None:
@@ -59,7 +60,7 @@ def quiesce(job: Job, kube: Kube | None, names: list[str]) -> dict:
         return recorded
 
 
-def resume(job: Job, kube: Kube | None, names: list[str]) -> dict:
+def scale_back(job: Job, kube: Kube | None, names: list[str]) -> dict:
     """Scales back to the recorded counts and waits for availability. Never raises: its error is
     recorded on the job (the first error of the job still wins)."""
     try:
@@ -88,7 +89,7 @@ def refresh_quiesced(kube: Kube, names: list[str]) -> None:
         log.warning("could not refresh the quiesced-deployments metric: %s", exc)
 
 
-def dump_db(job: Job, db_size: int, dbname: str | None = None, snapshot: str | None = None,
+def stream_dump(job: Job, db_size: int, dbname: str | None = None, snapshot: str | None = None,
             full_id: bool = True, nice: int | None = None) -> dict:
     """pg_dump streamed into `restic backup --stdin` (file name `stdin`, as the old procedure).
     `dbname`: another database than POSTGRES_DB (a restore's kept previous state). `snapshot`:
@@ -110,9 +111,9 @@ def dump_db(job: Job, db_size: int, dbname: str | None = None, snapshot: str | N
         return summary.as_dict()
 
 
-def restic_backup(job: Job, files_dir: str | None = None, *, step: str = "restic_backup", tags: list[str] | None = None,
-                  parent: str | None = None, full_id: bool = True, make_ready=None, pause: str | None = None,
-                  watch=None) -> dict:
+def backup_media(job: Job, files_dir: str | None = None, *, step: str = "restic_backup",
+                 tags: list[str] | None = None, parent: str | None = None, full_id: bool = True,
+                 make_ready=None, pause: str | None = None, watch=None) -> dict:
     """The media directory, backed up as `.` from inside it (the old procedure's layout), so a
     snapshot of another directory (a restore's kept previous media) has the same paths.
     `parent`: a pre-pass made a moment ago with the app up, so this pass reads only what changed.
@@ -161,8 +162,8 @@ def backup_quiesced(job: Job, db_size: int, dbname: str | None = None, files_dir
     `parent`: a media snapshot of (nearly) the same files, so restic reads only what changed.
     `pause`: the media half's test-only pause point."""
     work = {
-        layout.DATABASE: lambda: dump_db(job, db_size, dbname),
-        layout.FILES: lambda: restic_backup(job, files_dir, parent=parent, pause=pause),
+        layout.DATABASE: lambda: stream_dump(job, db_size, dbname),
+        layout.FILES: lambda: backup_media(job, files_dir, parent=parent, pause=pause),
     }
     if job.settings.parallel_backup:
         return job.in_parallel(work)

@@ -1,10 +1,10 @@
-"""worker/backups/database.py: when a plain dump counts as whole, however the stream is chunked."""
+"""worker/backups/dump_loader.py: when a plain dump counts as whole, however the stream is chunked."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.backups.database import PlainWatch
+from worker.backups.dump_loader import PlainWatch
 
 
 WHOLE = (b"--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\nSET statement_timeout = 0;\n"
