@@ -159,42 +159,43 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def _listing(items: list[dict], as_json: bool, empty: str, header: str, row) -> int:
+    """A list for people (a header and one row(item) a line, or `empty`) or, with --json, for machines."""
+    if as_json:
+        print(json.dumps(items, sort_keys=True))
+    elif not items:
+        print(empty)
+    else:
+        print(header)
+        for item in items:
+            print(row(item))
+    return EXIT_OK
+
+
 def print_kept(settings, as_json: bool) -> int:
     """The restores' kept previous states: what undo-restore can go back to, and until when."""
     from worker.backups.switch import kept_states
 
-    kept = kept_states(settings)
-    if as_json:
-        print(json.dumps(kept, sort_keys=True))
-        return EXIT_OK
-    if not kept:
-        print("no kept previous state (undo-restore has nothing to go back to)")
-        return EXIT_OK
-    print(f"{'RESTORE ID':<16} {'KEPT SINCE (UTC)':<21} {'EXPIRES (UTC)':<21} DATABASE / FILES")
-    for k in kept:
-        print(f"{k['id']:<16} {k['kept_since']:<21} {k['expires_at']:<21} {k['database'] or '-'} / "
-              f"{k['files_dir'] or '-'}")
-    return EXIT_OK
+    return _listing(kept_states(settings), as_json, "no kept previous state (undo-restore has nothing to go back to)",
+                    f"{'RESTORE ID':<16} {'KEPT SINCE (UTC)':<21} {'EXPIRES (UTC)':<21} DATABASE / FILES",
+                    lambda k: f"{k['id']:<16} {k['kept_since']:<21} {k['expires_at']:<21} {k['database'] or '-'} / "
+                              f"{k['files_dir'] or '-'}")
 
 
 def cmd_snapshots(args) -> int:
     from worker.backups.catalog import list_backups
+    from worker.backups.layout import DATABASE, FILES
 
     if args.kept:
         return print_kept(_settings(), args.json)
-    backups = [b.as_dict() for b in list_backups(_settings())]
-    if args.json:
-        print(json.dumps(backups, sort_keys=True))
-        return EXIT_OK
-    if not backups:
-        print("no backups yet")
-        return EXIT_OK
-    print(f"{'BACKUP ID':<26} {'TIME (UTC)':<21} {'KIND':<12} {'FILES':<10} {'DATABASE':<10} COMPLETE")
-    for b in backups:
+
+    def row(b: dict) -> str:
         snaps = b["snapshots"]
-        print(f"{b['backup_id']:<26} {b['time']:<21} {b['kind']:<12} {(snaps['files'] or '-')[:8]:<10} "
-              f"{(snaps['pg-database'] or '-')[:8]:<10} {'yes' if b['complete'] else 'NO'}")
-    return EXIT_OK
+        return (f"{b['backup_id']:<26} {b['time']:<21} {b['kind']:<12} {(snaps[FILES] or '-')[:8]:<10} "
+                f"{(snaps[DATABASE] or '-')[:8]:<10} {'yes' if b['complete'] else 'NO'}")
+
+    return _listing([b.as_dict() for b in list_backups(_settings())], args.json, "no backups yet",
+                    f"{'BACKUP ID':<26} {'TIME (UTC)':<21} {'KIND':<12} {'FILES':<10} {'DATABASE':<10} COMPLETE", row)
 
 
 def cmd_init(args) -> int:

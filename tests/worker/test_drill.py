@@ -15,7 +15,7 @@ from worker.jobs.backup_flow import take_backup
 from worker.jobs.verify_flow import verify_latest
 from worker.errors import JobFailed
 from worker.jobs.job import run_job
-from worker.backups import drill, dump_loader
+from worker.backups import dump_loader
 from worker.adapters import postgres
 from worker.adapters.redis_store import connect as redis_connect
 
