@@ -26,6 +26,7 @@ from testkit import dataset
 from testkit.k8s_double import KubeApiDouble
 from testkit.servers import PostgresCluster, RedisServer, free_port
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE, ROOT
+from worker.backups import media
 
 DB_NAME, DB_USER, DB_PASSWORD = "taiga", "taiga", "taiga-bench-db-pw"
 RESTIC_PASSWORD = "taiga-bench-restic-pw"
@@ -84,6 +85,7 @@ class Lab:
         dataset.create_schema(self.conninfo())
         log(f"generating the dataset at scale {self.args.scale} ...")
         stats = dataset.populate(self.conninfo(), str(self.media), scale=self.args.scale, seed=self.args.seed)
+        (self.media / media.MARKER).touch()  # Taiga's media, for the restore (media.check_target)
         log(f"dataset: {stats['db_bytes'] / MB:.0f} MB database, {stats['media_bytes'] / MB:.0f} MB media "
             f"({stats['media_files']} files) in {stats['seconds']} s")
         return stats

@@ -38,6 +38,7 @@ from testkit.k8s_double import KubeApiDouble  # noqa: E402
 from testkit.restore_checks import live_files  # noqa: E402
 from testkit.servers import PostgresCluster, RedisServer  # noqa: E402
 from testkit.site import NAMESPACE, Site  # noqa: E402
+from worker.backups import media  # noqa: E402
 
 
 def live(site) -> dict:
@@ -61,7 +62,7 @@ def measure(scale: float, repeat: int, work: Path) -> dict:
         pg.create_app_db(site.dbname, site.db_user, site.db_password)
         dataset.create_schema(site.conninfo)
         stats = dataset.populate(site.conninfo, str(site.media), scale=scale, seed=1)
-        (site.media / ".taiga-backup-media").touch()
+        (site.media / media.MARKER).touch()
         os.environ.update(site.env)
         os.environ["HOME"] = str(work)
         from testkit.scenarios import run_backup, run_restore

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from testkit.k8s_double import KubeApiDouble
 from testkit.servers import PostgresCluster, RedisServer
+from worker.backups import media
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ class Site:
 
             dataset.create_schema(self.conninfo)
             dataset.populate(self.conninfo, str(self.media), scale=0.001, seed=next(_counter))
-        (self.media / ".taiga-backup-media").touch()  # marks it as Taiga's media (media.check_target)
+        (self.media / media.MARKER).touch()  # marks it as Taiga's media (media.check_target)
 
     def settings(self, **overrides):
         from worker.settings import Settings
