@@ -125,15 +125,19 @@ def _signal(pid: int, sig) -> None:
 
 
 class WorkerProcess:
-    """A real `taiga-backup worker` process (optionally with embedded beat)."""
+    """A real `taiga-backup worker` process (optionally with embedded beat). `pid_namespace`: in
+    a PID namespace of its own, where it is pid 1 every time, as under a container's tini
+    (needs root)."""
 
-    def __init__(self, env: dict, beat: bool, log_path: Path):
+    def __init__(self, env: dict, beat: bool, log_path: Path, pid_namespace: bool = False):
         self.env = env
         self.log_path = log_path
         argv = [sys.executable, "-m", "worker.cli", "worker", "--loglevel", "INFO",
                 "--schedule-file", str(log_path.parent / "beat-schedule")]
         if beat:
             argv.append("--beat")
+        if pid_namespace:
+            argv = ["unshare", "--pid", "--fork", "--kill-child", *argv]
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, cwd=str(ROOT), env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -63,10 +63,10 @@ def site(tmp_path, pg, redis_server, kube, restic_cache, monkeypatch):
 def start_worker(site, tmp_path):
     started = []
 
-    def start(beat: bool = False, **extra_env) -> WorkerProcess:
+    def start(beat: bool = False, pid_namespace: bool = False, **extra_env) -> WorkerProcess:
         env = {**os.environ, **site.env, **{k: str(v) for k, v in extra_env.items()}, "HOME": str(tmp_path),
                "PYTHONPATH": str(ROOT)}
-        w = WorkerProcess(env, beat, tmp_path / f"worker-{len(started)}.log")
+        w = WorkerProcess(env, beat, tmp_path / f"worker-{len(started)}.log", pid_namespace)
         started.append(w)
         return w.wait_ready()
 

@@ -156,6 +156,44 @@ def test_files_stage_keeps_odd_names_chowns_and_reads_absolute_snapshots(site, t
     assert live_files(elsewhere) == before
 
 
+def test_the_switch_journal_and_its_temporary_file_are_never_backed_up(site):
+    """Both name the state of a switch in progress: restored later, they would make a settle
+    act on a switch that is long over."""
+    repo = layout.repository(site.settings(), layout.FILES)
+    repo.init_if_missing()
+    for name in (media.JOURNAL, media.JOURNAL + ".tmp"):
+        (site.media / name).write_text("{}")
+    (site.media / "upload.txt").write_text("kept")
+    summary = repo.backup_dir(str(site.media), ["t"], excludes=media.backup_excludes(str(site.media)))
+    listed = {n["path"] for n in repo.ls(summary.snapshot_id)}
+    assert "/upload.txt" in listed
+    assert not {"/" + media.JOURNAL, "/" + media.JOURNAL + ".tmp"} & listed
+
+
+def test_a_backup_whose_media_root_holds_only_its_own_path_restores_unstripped(site, tmp_path):
+    """Our backups are always `restic backup .`: a media root whose one entry is a directory
+    named like its own path's first part (Taiga's `/media` holding `media/`) is not mistaken
+    for a snapshot of an absolute path, whose leading folders would be stripped."""
+    repo = layout.repository(site.settings(), layout.FILES)
+    repo.init_if_missing()
+    root = tmp_path / "mediaroot"
+    nested = root.joinpath(*root.parts[1:])  # mediaroot/tmp/.../mediaroot
+    nested.mkdir(parents=True)
+    (nested / "upload.png").write_bytes(b"png" * 100)
+    before = live_files(root)
+    summary = repo.backup_dir(str(root), catalog.backup_tags("20250101T000000Z", "manual"))
+    snap = [s for s in repo.snapshots() if s["id"] == summary.snapshot_id][0]
+    target = tmp_path / "target"
+    target.mkdir()
+
+    staged = media.stage(repo, snap, str(target), None)
+
+    assert staged.source == staged.staging
+    media.move_entries(staged.source, str(target))
+    staged.discard()
+    assert live_files(target) == before
+
+
 def _snap(repo_id: str, when: str, tags=()) -> dict:
     return {"id": repo_id * 8, "time": when, "tags": list(tags), "hostname": "h"}
 

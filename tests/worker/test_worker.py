@@ -105,3 +105,22 @@ def test_worker_refuses_to_start_with_an_invalid_setting(site, tmp_path):
                           timeout=60, cwd=str(ROOT))
     assert done.returncode == 2
     assert "RESTIC_PASSWORD_FILE" in done.stderr and "does not exist" in done.stderr
+
+
+def pinned_queues(worker) -> set[str]:
+    """The per-process queues the worker reads, as it answers for itself."""
+    answers = worker.client().control.inspect(timeout=5).active_queues() or {}
+    return {q["name"] for queues in answers.values() for q in queues if q["name"].endswith(".pinned")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a PID namespace of its own needs root")
+def test_a_restarted_container_does_not_read_the_dead_workers_pinned_queue(site, start_worker):
+    """Under tini a restarted container's worker has the same host name and the same pid: its
+    pinned queue must still be its own, or it would run the links a dead backup left there."""
+    first = start_worker(pid_namespace=True)
+    before = pinned_queues(first)
+    first.kill()
+    second = start_worker(pid_namespace=True)
+    after = pinned_queues(second)
+    assert len(before) == len(after) == 1
+    assert before != after

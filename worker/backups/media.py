@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 
 from worker.adapters.restic import Repository
+from worker.backups import catalog
 from worker.errors import OperatorError
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,16 @@ class Staged:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def content_root(staging: str, paths: list[str]) -> str:
+def content_root(staging: str, snapshot: dict) -> str:
     """restic keeps the tree of a `restic backup .` snapshot at its root (the seed's layout) but
-    a snapshot of an absolute path (`restic backup /media`) under that whole path."""
+    a snapshot of an absolute path (`restic backup /media`) under that whole path, and records
+    the same absolute `paths` for both. Ours are always `backup .` (tagged taiga-backup): never
+    stripped, or a media root holding only a folder named like its own path (`/media/media`)
+    would lose a level. An untagged one is stripped only where the restored tree is exactly
+    that path, folder by folder."""
+    paths = snapshot.get("paths") or []
+    if catalog.PRODUCT_TAG in (snapshot.get("tags") or []):
+        return staging
     parts = [p for p in (paths[0].split("/") if len(paths) == 1 and paths[0].startswith("/") else []) if p]
     here = staging
     for part in parts:
@@ -130,7 +138,7 @@ def stage(repo: Repository, snapshot: dict, files_dir: str, ids: tuple[int, int]
     os.mkdir(staging, 0o700)
     try:
         repo.restore(snapshot["id"], staging, timeout=timeout)
-        staged = Staged(files_dir, staging, content_root(staging, snapshot.get("paths") or []))
+        staged = Staged(files_dir, staging, content_root(staging, snapshot))
         staged.count, staged.bytes = _walk(staged.source, ids)
         return staged
     except BaseException:
