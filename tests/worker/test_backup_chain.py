@@ -382,9 +382,13 @@ def test_media_unchanged_since_the_pre_pass_make_the_pre_pass_the_backup_without
     site = repos
     start_worker()
     # written a moment ago: a second write in the same clock tick could hide, so restic looks again
-    (site.media / "just-written.txt").write_bytes(b"fresh")
+    # (stamped ahead of the clock, so the tree is racy however long the backup takes to look)
+    fresh = site.media / "just-written.txt"
+    fresh.write_bytes(b"fresh")
+    os.utime(fresh, (time.time() + 120, time.time() + 120))
     racy = celery_client.send_task("taiga_backup.backup").get(timeout=120)
     assert "media_unchanged_since_prepass" not in racy["steps"]["restic_backup"]
+    os.utime(fresh, (time.time() - 60, time.time() - 60))
     time.sleep(2.2)
     report = celery_client.send_task("taiga_backup.backup").get(timeout=120)
     assert report["state"] == "SUCCESS" and report["backup_complete"] is True
