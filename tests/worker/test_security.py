@@ -322,14 +322,22 @@ def test_a_signed_message_relabelled_or_replayed_is_refused_and_changes_nothing(
 
     # a signed restore, run once as meant, then sent again later
     restore = capture(site, pki, "bot", "taiga_backup.restore", {"trigger": "chat", "safety_backup": False})
+    kept = records(site)
     task_id = push(site, restore)
     wait_until(lambda: celery_client.AsyncResult(task_id).state == "SUCCESS", 180, "the signed restore")
+    assert kept and records(site) > kept  # the restore's switch left the record of what ran in place
     with psycopg.connect(site.conninfo, autocommit=True) as conn:
         conn.execute("create table written_after_the_restore (id int)")
     after_restore = dataset.table_checksums(site.conninfo)
     refused(signed_worker, "taiga_backup.restore", push(site, restore), "already run once")
     assert dataset.table_checksums(site.conninfo) == after_restore
     assert app_back(site)
+
+
+def records(site) -> set:
+    """The signed requests the worker recorded as run, on the media volume (NONCE_DIR's default)."""
+    directory = site.media / ".taiga-backup-state" / "nonces"
+    return set(os.listdir(directory)) if directory.exists() else set()
 
 
 def stored_state(site, task_id: str) -> str | None:
@@ -373,6 +381,10 @@ def test_a_signed_request_replayed_after_redis_and_the_worker_restarted_is_refus
     wait_until(lambda: stored_state(site, task_id) == "SUCCESS", 180, "the signed backup")
     made = snapshot_ids(site, "pg-database")
     assert len(made) == 1
+    assert records(site)  # the backup and each of its links, on the media volume ...
+    listed = [json.loads(line).get("path") for line in site.restic("files", "ls", "latest", "--json",
+                                                                      "--no-lock").stdout.splitlines()]
+    assert len(listed) > 3 and not [p for p in listed if p and ".taiga-backup-state" in p]  # ... left out of it
 
     replayed_after_redis_restart(site, signed_worker, backup, made)
 
