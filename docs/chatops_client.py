@@ -31,7 +31,7 @@ import uuid
 
 from celery import Celery, signals
 
-STAMP_TTL = 3600.0  # a request not run within the hour is refused
+STAMP_TTL = 600.0  # a request not run within 10 minutes is refused (at most the worker's SIGNED_REQUEST_TTL)
 
 
 def read_file(path: str) -> str:

@@ -266,8 +266,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CELERY_SECURITY_CERT_STORE", None, None, _text,
             "trusted signers' certificates (a file, a directory or a glob); message signing is on when "
             "the three CELERY_SECURITY_* are set"),
-    Setting("SIGNED_REQUEST_TTL", None, "21600", _number(60),
+    Setting("SIGNED_REQUEST_TTL", None, "900", _number(60),
             "with signing: seconds a signed request stays valid; each is run at most once within it"),
+    Setting("NONCE_DIR", None, None, _text,
+            "with signing: where the worker records each signed request it ran, so a replay is refused even "
+            "after Redis restarted empty; default: $BACKUP_FILES_DIR/.taiga-backup-state/nonces"),
     # -- repositories --------------------------------------------------------------------------
     Setting("RESTIC_REPOSITORY", "restic_repository", None, _text,
             "base URL of the repositories; `files` and `pg-database` live below it", required=True,

@@ -170,16 +170,24 @@ def cli(site, env: dict, *args) -> subprocess.CompletedProcess:
                           timeout=180, env={**os.environ, **site.env, **env, "PYTHONPATH": str(ROOT)})
 
 
-@pytest.fixture
-def signed_worker(repos, pki, tmp_path):
+def start_signed_worker(site, pki, tmp_path, name: str = "signed-worker") -> WorkerProcess:
     """A worker that runs only signed messages. Readiness from its log: a ping is a message too,
     and this test process does not sign."""
-    site = repos
     env = {**os.environ, **site.env, **signing_env(pki, "worker"), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    worker = WorkerProcess(env, False, tmp_path / "signed-worker.log")
+    worker = WorkerProcess(env, False, tmp_path / f"{name}.log")
     try:
         wait_until(lambda: " ready." in worker.output() or worker.proc.poll() is not None, 60, "the worker")
         assert worker.proc.poll() is None, worker.output()
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+@pytest.fixture
+def signed_worker(repos, pki, tmp_path):
+    worker = start_signed_worker(repos, pki, tmp_path)
+    try:
         yield worker
     finally:
         worker.stop()
@@ -314,14 +322,78 @@ def test_a_signed_message_relabelled_or_replayed_is_refused_and_changes_nothing(
 
     # a signed restore, run once as meant, then sent again later
     restore = capture(site, pki, "bot", "taiga_backup.restore", {"trigger": "chat", "safety_backup": False})
+    kept = records(site)
     task_id = push(site, restore)
     wait_until(lambda: celery_client.AsyncResult(task_id).state == "SUCCESS", 180, "the signed restore")
+    assert kept and records(site) > kept  # the restore's switch left the record of what ran in place
     with psycopg.connect(site.conninfo, autocommit=True) as conn:
         conn.execute("create table written_after_the_restore (id int)")
     after_restore = dataset.table_checksums(site.conninfo)
     refused(signed_worker, "taiga_backup.restore", push(site, restore), "already run once")
     assert dataset.table_checksums(site.conninfo) == after_restore
     assert app_back(site)
+
+
+def records(site) -> set:
+    """The signed requests the worker recorded as run, on the media volume (NONCE_DIR's default)."""
+    directory = site.media / ".taiga-backup-state" / "nonces"
+    return set(os.listdir(directory)) if directory.exists() else set()
+
+
+def stored_state(site, task_id: str) -> str | None:
+    """A task's result state, read with a connection of its own (pooled ones die with Redis)."""
+    raw = redis.Redis.from_url(site.env["CELERY_BROKER_URL"], socket_timeout=5).get(f"celery-task-meta-{task_id}")
+    return raw and json.loads(raw)["status"]
+
+
+def restart_redis_empty(site) -> None:
+    """Redis as the chart runs it, without persistence: a restart forgets everything in it (the
+    queues, the results, the reports and any nonce kept there)."""
+    site.redis_server.stop()
+    site.redis_server.start()
+    assert not redis.Redis.from_url(site.env["CELERY_BROKER_URL"]).keys("*")
+
+
+def replayed_after_redis_restart(site, worker, message: dict, made: list) -> None:
+    """Redis restarts empty, the captured message is pushed again as it was: the worker refuses
+    it as a replay and no second backup is made."""
+    task_id = message["headers"]["id"]
+    restart_redis_empty(site)
+    assert stored_state(site, task_id) is None  # the first run's result went with Redis
+    push(site, message)
+    wait_until(lambda: stored_state(site, task_id) in ("SUCCESS", "FAILURE"), 180, "the replay to end")
+    assert snapshot_ids(site, "pg-database") == made, "the replayed backup ran a second time"
+    refused(worker, "taiga_backup.backup", task_id, "already run once")
+    assert stored_state(site, task_id) == "FAILURE"
+    assert app_back(site)
+
+
+@pytest.mark.slow
+def test_a_signed_request_replayed_after_redis_and_the_worker_restarted_is_refused(repos, pki, signed_worker,
+                                                                                   tmp_path):
+    """Issue 20, hole 11: Redis runs without persistence, so a replay defence kept only there is
+    gone after a restart. A signed backup captured from the broker runs once; after Redis
+    restarted empty, the same raw message runs no second backup, and neither after the worker
+    restarted as well (a new pod on the same media volume)."""
+    site = repos
+    backup = capture(site, pki, "bot", "taiga_backup.backup", {"trigger": "chat"})
+    task_id = push(site, backup)
+    wait_until(lambda: stored_state(site, task_id) == "SUCCESS", 180, "the signed backup")
+    made = snapshot_ids(site, "pg-database")
+    assert len(made) == 1
+    assert records(site)  # the backup and each of its links, on the media volume ...
+    listed = [json.loads(line).get("path") for line in site.restic("files", "ls", "latest", "--json",
+                                                                      "--no-lock").stdout.splitlines()]
+    assert len(listed) > 3 and not [p for p in listed if p and ".taiga-backup-state" in p]  # ... left out of it
+
+    replayed_after_redis_restart(site, signed_worker, backup, made)
+
+    signed_worker.stop()
+    restarted = start_signed_worker(site, pki, tmp_path, "restarted-worker")
+    try:
+        replayed_after_redis_restart(site, restarted, backup, made)
+    finally:
+        restarted.stop()
 
 
 @pytest.mark.slow

@@ -10,8 +10,12 @@ with os.rename, so odd names (spaces, quotes, unicode, a leading dash) never mee
 Names of our own inside the media root: the staging area `.taiga-backup-restore-<id>` (excluded
 from backups, anchored to the root, and removed when its job is dead), the kept previous state
 `.taiga-backup-before-<id>` (backed up like any folder, removed only when it expires or at the
-next restore), the switch journal and the marker file that says "this directory is Taiga's
-media volume" when it is not a mount point.
+next restore), the switch journal, the marker file that says "this directory is Taiga's
+media volume" when it is not a mount point, and `.taiga-backup-state` (the worker's own state
+that must outlive a pod and a Redis restart: the signed requests already run, see
+worker.runtime.nonces). The state is excluded from backups like the journal, never moved by the
+switch and never replaced by a restore: a restore must not bring back, or wipe, the record of
+which requests have run.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ STAGING_PREFIX = ".taiga-backup-restore-"
 KEPT_PREFIX = ".taiga-backup-before-"
 JOURNAL = ".taiga-backup-switch.json"
 MARKER = ".taiga-backup-media"
-OURS = (STAGING_PREFIX, KEPT_PREFIX, JOURNAL, MARKER)
+STATE = ".taiga-backup-state"
+OURS = (STAGING_PREFIX, KEPT_PREFIX, JOURNAL, MARKER, STATE)
 SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt", "/proc", "/root",
                "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/usr/local")
 _GLOB = re.compile(r"([*?\\[])")
@@ -44,9 +49,11 @@ def backup_excludes(files_dir: str) -> tuple[str, ...]:
     """Staging areas (and a crashed restore's leftovers) must never end up in a backup: the
     exclude is anchored to the media root - restic 0.14 matches a pattern that
     starts with `/` against the absolute path, also for `restic backup .` (checked against a real
-    restic), so a user's upload named like our staging area deeper down is still backed up."""
+    restic), so a user's upload named like our staging area deeper down is still backed up. The
+    journal and the worker's state are excluded the same way."""
     root = _GLOB.sub(r"\\\1", os.path.realpath(files_dir).rstrip("/"))
-    return (f"{root}/{STAGING_PREFIX}*", f"{root}/{JOURNAL}*")  # the journal and its temporary name
+    # the journal with its temporary name, and the worker's state (signed requests already run)
+    return (f"{root}/{STAGING_PREFIX}*", f"{root}/{JOURNAL}*", f"{root}/{STATE}")
 
 
 def is_ours(name: str) -> bool:

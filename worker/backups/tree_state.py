@@ -43,8 +43,10 @@ class TreeState:
         return cls(**doc)
 
 
-def take(root: str) -> TreeState:
-    """The state of everything below `root` (and root itself), without following symlinks."""
+def take(root: str, skip: tuple[str, ...] = ()) -> TreeState:
+    """The state of everything below `root` (and root itself), without following symlinks,
+    leaving out the entries of the root named in `skip`: what the backup does not read either
+    (the worker's own state, written by every signed request, even with the app down)."""
     taken = time.time_ns()
     digest = hashlib.sha256()
     newest = 0
@@ -58,7 +60,8 @@ def take(root: str) -> TreeState:
         if stat.S_ISLNK(st.st_mode):
             digest.update(os.fsencode(os.readlink(path)) + b"\0")
         elif stat.S_ISDIR(st.st_mode):
-            names = sorted(os.listdir(path), reverse=True)  # popped in name order
+            names = [n for n in os.listdir(path) if rel or n not in skip]
+            names.sort(reverse=True)  # popped in name order
             todo.extend((os.path.join(path, name), f"{rel}/{name}") for name in names)
     return TreeState(digest.hexdigest(), taken, newest)
 

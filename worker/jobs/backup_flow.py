@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from worker.adapters import postgres
 from worker.adapters.redis_store import connect as redis_connect, last_report_key
 from worker.adapters.restic import ResticError
-from worker.backups import catalog, layout, restic_locks, tree_state
+from worker.backups import catalog, layout, media, restic_locks, tree_state
 from worker.backups.backup_eta import BackupEta
 from worker.jobs import steps
 from worker.jobs.backup_context import BackupContext
@@ -238,9 +238,10 @@ def restic_backup(job: Job, ctx: BackupContext) -> None:
 
 
 def _look(job: Job) -> tree_state.TreeState | None:
-    """The media tree's state; None when an entry went away mid-walk (restic then reads what changed)."""
+    """The media tree's state; None when an entry went away mid-walk (restic then reads what changed).
+    The worker's state is left out: each signed link of the backup records its nonce there."""
     try:
-        return tree_state.take(job.settings.files_dir)
+        return tree_state.take(job.settings.files_dir, skip=(media.STATE,))
     except OSError as exc:
         log.info("backup: the media tree changed while it was looked at (%s)", exc)
         return None

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
+from datetime import datetime, timezone
 
 from celery import Task
 from celery.worker.consumer import Consumer
@@ -24,8 +24,10 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import prepare_accept_content
 
 from worker.adapters import redis_store
+from worker.backups import media
 from worker.errors import RequestInvalid
-from worker.settings import broker_urls, redis_tls, signing
+from worker.runtime.nonces import NONCE, NonceFiles, NonceStoreError
+from worker.settings import broker_urls, read, redis_tls, signing
 
 log = logging.getLogger("taiga_backup.security")
 
@@ -81,8 +83,10 @@ def configure(app, env, broker: str, backend: str) -> None:
 # signed kwargs, a stamp naming the task it is for, its id, a one-time nonce and an expiry; with
 # signing on, a task runs only a stamp made for it, within its lifetime, once. A captured signed
 # message relabelled as another task, or sent again, is refused before any task code runs.
+# "Once" is kept in files on a volume of the worker (worker.runtime.nonces), not only in Redis:
+# a Redis restart, or anyone who can write to Redis, must not make a recorded request new again.
 STAMP = "_request"
-_NONCE = re.compile(r"[0-9a-f]{32}")
+CLOCK_SKEW = 60.0  # seconds a signer's clock may run ahead of the worker's
 
 
 class RequestRefused(RequestInvalid):
@@ -91,11 +95,25 @@ class RequestRefused(RequestInvalid):
 
 def stamp(body, headers: dict, ttl: float) -> None:
     """Adds the stamp to a message about to be published (before_task_publish). A re-published
-    message (a retry) gets a fresh one."""
+    message (a retry) gets a fresh one. The lifetime starts at the message's eta when it has one:
+    a scheduled job that found the repository busy comes back after up to 5 minutes
+    (worker.jobs.job.busy_countdown), and must still be valid then however short the TTL."""
     kwargs = body[1] if isinstance(body, (tuple, list)) and len(body) > 1 else None
     if isinstance(kwargs, dict) and headers and headers.get("task"):
+        start = max(time.time(), _eta(headers.get("eta")))
         kwargs[STAMP] = {"task": headers["task"], "id": headers.get("id"), "nonce": uuid.uuid4().hex,
-                         "expires": round(time.time() + ttl, 3)}
+                         "expires": round(start + ttl, 3)}
+
+
+def _eta(value) -> float:
+    """Celery's `eta` header (ISO 8601, UTC: the app runs with enable_utc) as Unix time; 0 without."""
+    if not isinstance(value, str):
+        return 0.0
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return 0.0
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _refuse(task, why: str):
@@ -103,9 +121,12 @@ def _refuse(task, why: str):
     raise RequestRefused(f"refused: {why}")
 
 
-def check_stamp(task, value, nonces) -> None:
+def check_stamp(task, value, files: NonceFiles, nonces, ttl: float) -> None:
     """Raises RequestRefused unless `value` is a stamp made for this very task and message, still
-    valid, and seen for the first time (`nonces`: a Redis client remembering them until expiry)."""
+    valid, living no longer than this worker's `ttl` (a signer with a longer SIGNED_REQUEST_TTL
+    does not get hours), and seen for the first time: by `files`, the authority that survives
+    Redis, and by `nonces`, a Redis client (refused if either saw it: a second worker with a
+    nonce directory of its own still shares Redis). A record that cannot be made refuses too."""
     if not isinstance(value, dict):
         _refuse(task, "the request carries no stamp (sent by an old or foreign client?)")
     if value.get("task") != task.name:
@@ -115,11 +136,23 @@ def check_stamp(task, value, nonces) -> None:
     expires, nonce = value.get("expires"), value.get("nonce")
     if not isinstance(expires, (int, float)) or expires < time.time():
         _refuse(task, "the signed request has expired")
-    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+    if expires > time.time() + ttl + CLOCK_SKEW:
+        _refuse(task, f"the signed request is valid for longer than this worker allows (SIGNED_REQUEST_TTL={ttl:g})")
+    if not isinstance(nonce, str) or not NONCE.fullmatch(nonce):
         _refuse(task, "the signed request has no valid nonce")
-    ttl = max(1, int(expires - time.time()) + 60)
-    if not nonces.set(redis_store.NONCE_PREFIX + nonce, task.request.id or "-", nx=True, ex=ttl):
+    try:
+        first = files.first_seen(nonce, expires, f"{task.name}[{task.request.id}]")
+    except NonceStoreError as exc:
+        _refuse(task, f"{exc}; not run, as it could not be told from a replay")
+    keep = max(1, int(expires - time.time()) + 60)
+    if not first or not nonces.set(redis_store.NONCE_PREFIX + nonce, task.request.id or "-", nx=True, ex=keep):
         _refuse(task, "this signed request was already run once (a replay)")
+
+
+def nonce_dir(env=None) -> str:
+    """NONCE_DIR, by default a dot-folder of the media volume: the one volume the chart gives the
+    worker that outlives a pod, and one that backups, restores and the switch leave alone."""
+    return read("NONCE_DIR", env) or os.path.join(read("BACKUP_FILES_DIR", env), media.STATE, "nonces")
 
 
 class CheckedTask(Task):
@@ -127,12 +160,20 @@ class CheckedTask(Task):
     own code runs (and never reaches it)."""
 
     _nonces = None
+    _files = None
 
     def __call__(self, *args, **kwargs):
         value = kwargs.pop(STAMP, None)
         if self.app.conf.task_serializer == "auth" and not self.request.called_directly:
-            check_stamp(self, value, self._nonce_store())
+            ttl = read("SIGNED_REQUEST_TTL")
+            check_stamp(self, value, self._nonce_files(ttl), self._nonce_store(), ttl)
         return super().__call__(*args, **kwargs)
+
+    @staticmethod
+    def _nonce_files(ttl: float) -> NonceFiles:
+        if CheckedTask._files is None:
+            CheckedTask._files = NonceFiles(nonce_dir(), ttl + CLOCK_SKEW)
+        return CheckedTask._files
 
     def _nonce_store(self):
         if CheckedTask._nonces is None:

@@ -25,7 +25,7 @@ from worker.adapters.redis_store import connect as redis_connect
 from worker.backups import restic_locks
 from worker.jobs import hooks, requests
 from worker.runtime import log_setup, security
-from worker.settings import Settings, SettingsError, read
+from worker.settings import BY_ENV, Settings, SettingsError, read
 
 log = logging.getLogger("taiga_backup.worker")
 _heartbeat: dict = {}
@@ -48,7 +48,7 @@ def _request_ttl() -> float:
     try:
         return read("SIGNED_REQUEST_TTL")
     except SettingsError:
-        return 21600.0  # the worker refuses to start anyway, naming the variable
+        return float(BY_ENV["SIGNED_REQUEST_TTL"].default)  # the worker refuses to start anyway, naming it
 
 
 @signals.celeryd_init.connect
