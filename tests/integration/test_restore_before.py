@@ -21,13 +21,16 @@ from worker.adapters.restic import parse_time
 from worker.backups import catalog, layout
 
 
-def prepass_restic() -> int | None:
-    """The pid of a media pre-pass's restic among this process's children (it carries the pre-pass tag)."""
+def prepass_reading(path) -> int | None:
+    """The pid of a media pre-pass's restic (it carries the pre-pass tag) among this process's
+    children, once it is reading `path`: past its start, so its snapshot's time is set."""
     for pid in descendants(os.getpid()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if catalog.PREPASS_TAG.encode() in fh.read():
-                    return pid
+                if catalog.PREPASS_TAG.encode() not in fh.read():
+                    continue
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
+                return pid
         except OSError:
             continue
     return None
@@ -44,15 +47,16 @@ def test_a_write_committed_during_the_pre_pass_is_not_restored_by_before_a_time_
         conn.execute("create table before_marker (note text)")
         conn.execute("insert into before_marker values ('before')")
     first = run_backup()
-    (site.media / "upload.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    upload = site.media / "upload.bin"
+    upload.write_bytes(os.urandom(256 * 1024 * 1024))  # read for long enough to be seen reading
     time.sleep(2.5)  # older than the media tree's racy window: the pre-pass becomes the snapshot
     done: dict = {}
     backup = threading.Thread(target=lambda: done.update(report=run_backup()))
     backup.start()
     deadline = time.monotonic() + 120
-    while (restic := prepass_restic()) is None:
+    while (restic := prepass_reading(upload)) is None:
         assert time.monotonic() < deadline and backup.is_alive(), "the media pre-pass never started"
-        time.sleep(0.02)
+        time.sleep(0.005)
     os.kill(restic, signal.SIGSTOP)  # a pre-pass as long as a big volume's
     try:
         time.sleep(1.1)

@@ -19,7 +19,7 @@ from worker.jobs.backup_flow import take_backup
 from worker.errors import JobFailed, RequestInvalid
 from worker.jobs.job import run_job
 from worker.backups import retention
-from worker.adapters.redis_store import connect as redis_connect
+from worker.adapters.redis_store import CHECK_PART_KEY, connect as redis_connect
 
 DAY = timedelta(days=1)
 
@@ -155,6 +155,7 @@ def test_check_reads_a_rotating_subset_and_reports_damage_as_failure(repos, monk
     for repo in ("files", "pg-database"):
         snapshot(site, repo, datetime.now(timezone.utc), "taiga-backup")
     monkeypatch.setenv("CHECK_SUBSET_PARTS", "3")
+    redis_connect(site.settings()).delete(CHECK_PART_KEY)  # the rotation starts again (Redis is shared)
 
     first = run_job(None, "check", check_repositories)
     second = run_job(None, "check", check_repositories)
