@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from testkit import dataset  # noqa: E402
-from testkit.restore_checks import live_files  # noqa: E402
-from worker.backups.media import MARKER  # noqa: E402
 from testkit.k8s_double import KubeApiDouble  # noqa: E402
+from testkit.restore_checks import live_files  # noqa: E402
+from testkit.scenarios import ALL_DEPLOYMENTS as DEPLOYMENTS  # noqa: E402
 from testkit.servers import PostgresCluster, RedisServer  # noqa: E402
+from worker.backups.media import MARKER  # noqa: E402
 
-DEPLOYMENTS = {"taiga-gateway-deployment": 1, "taiga-front-deployment": 1, "taiga-back-deployment": 1,
-               "taiga-async-deployment": 1, "taiga-events-deployment": 1, "taiga-protected-deployment": 1}
+DB_PASSWORD = "demo-db-password"
 
 
 def say(text: str) -> None:
@@ -45,6 +45,99 @@ def cli(env: dict, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+class Lab:
+    """The throwaway parts, started in order and stopped whatever happened."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.media = work / "media"
+        self.redis = self.pg = self.kube = self.worker = None
+
+    def start(self) -> "Lab":
+        say(f"starting throwaway redis-server, PostgreSQL and a Kubernetes API stand-in in {self.work}")
+        self.redis = RedisServer().start()
+        self.pg = PostgresCluster().start()
+        self.pg.create_app_db("taiga", "taiga", DB_PASSWORD)
+        self.kube = KubeApiDouble().start()
+        for name, replicas in DEPLOYMENTS.items():
+            self.kube.add_deployment("taiga", name, replicas=replicas)
+        return self
+
+    @property
+    def conninfo(self) -> str:
+        return f"host=127.0.0.1 port={self.pg.port} user=taiga password={DB_PASSWORD} dbname=taiga"
+
+    def generate(self, scale: float) -> None:
+        say(f"generating Taiga-like sample data (scale {scale})")
+        dataset.create_schema(self.conninfo)
+        stats = dataset.populate(self.conninfo, str(self.media), scale=scale)
+        (self.media / MARKER).touch()  # a restore replaces only a directory marked (or mounted) as Taiga's media
+        print(f"   {sum(stats['db_rows'].values())} rows, {stats['media_files']} media files, "
+              f"{stats['media_bytes'] / 1e6:.1f} MB of media")
+
+    def env(self) -> dict:
+        """The worker's and the CLI's settings, secrets as files."""
+        secrets = self.work / "secrets"
+        secrets.mkdir(exist_ok=True)
+        (secrets / "restic-password").write_text("demo-restic-password\n")
+        (secrets / "postgres-password").write_text(DB_PASSWORD + "\n")
+        return {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(self.work),
+                "CELERY_BROKER_URL": self.redis.url,
+                "RESTIC_REPOSITORY": str(self.work / "repo"),
+                "RESTIC_PASSWORD_FILE": str(secrets / "restic-password"),
+                "RESTIC_CACHE_DIR": str(self.work / "restic-cache"),
+                "POSTGRES_HOST": f"127.0.0.1:{self.pg.port}", "POSTGRES_DB": "taiga", "POSTGRES_USER": "taiga",
+                "POSTGRES_PASSWORD_FILE": str(secrets / "postgres-password"),
+                "BACKUP_FILES_DIR": str(self.media),
+                "KUBECONFIG": self.kube.write_kubeconfig(str(self.work / "kubeconfig")), "KUBE_NAMESPACE": "taiga",
+                "RESTORE_CHOWN": "off"}
+
+    def start_worker(self, env: dict) -> None:
+        say("starting a taiga-backup worker")
+        log = open(self.work / "worker.log", "wb")
+        self.worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--schedule-file",
+                                        str(self.work / "beat")], env=env, cwd=str(ROOT), stdout=log,
+                                       stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while subprocess.run([sys.executable, "-m", "worker.cli", "ping", "--timeout", "1"], env=env, cwd=str(ROOT),
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or self.worker.poll() is not None:
+                raise SystemExit("demo: the worker did not start:\n" + (self.work / "worker.log").read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+        if self.kube is not None:
+            self.kube.stop()
+        for part in (self.pg, self.redis):
+            if part is not None:
+                part.cleanup()
+
+
+def round_trip(lab: Lab, env: dict, before_db: dict) -> dict:
+    """Backup -> a day of changes -> restore of that backup; returns the restore's report."""
+    say("taiga-backup backup --wait --json")
+    backup = cli(env, "backup", "--wait", "--json")["result"]
+    print(json.dumps({k: backup[k] for k in ("backup_id", "snapshots", "bytes_added", "downtime_seconds",
+                                              "duration_seconds", "deployments")}, indent=2))
+
+    say("changing the data: a day of Taiga work, plus a file that should not survive the restore")
+    changes = dataset.apply_day_of_changes(lab.conninfo, str(lab.media))
+    (lab.media / "added-after-backup.txt").write_text("gone after the restore\n")
+    print(f"   {changes['media_files_added']} media files added, {changes['media_files_deleted']} deleted")
+    assert dataset.table_checksums(lab.conninfo) != before_db
+
+    say(f"taiga-backup restore --snapshot {backup['backup_id']} --wait --json")
+    restore = cli(env, "restore", "--snapshot", backup["backup_id"], "--wait", "--json")["result"]
+    print(json.dumps({k: restore.get(k) for k in ("backup_id", "safety_backup", "database", "files", "kept",
+                                                   "downtime_seconds", "duration_seconds")}, indent=2))
+    return restore
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=0.01, help="dataset scale (1.0 = 1 GB db + 1 GB media)")
@@ -52,72 +145,18 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="taiga-backup-demo-"))
-    redis_server = pg = kube = worker = None
+    lab = Lab(work)
     try:
-        say(f"starting throwaway redis-server, PostgreSQL and a Kubernetes API stand-in in {work}")
-        redis_server = RedisServer().start()
-        pg = PostgresCluster().start()
-        pg.create_app_db("taiga", "taiga", "demo-db-password")
-        kube = KubeApiDouble().start()
-        for name, replicas in DEPLOYMENTS.items():
-            kube.add_deployment("taiga", name, replicas=replicas)
-        secrets = work / "secrets"
-        secrets.mkdir()
-        (secrets / "restic-password").write_text("demo-restic-password\n")
-        (secrets / "postgres-password").write_text("demo-db-password\n")
-        media = work / "media"
-        conninfo = f"host=127.0.0.1 port={pg.port} user=taiga password=demo-db-password dbname=taiga"
-
-        say(f"generating Taiga-like sample data (scale {args.scale})")
-        dataset.create_schema(conninfo)
-        stats = dataset.populate(conninfo, str(media), scale=args.scale)
-        (media / MARKER).touch()  # a restore replaces only a directory marked (or mounted) as Taiga's media
-        print(f"   {sum(stats['db_rows'].values())} rows, {stats['media_files']} media files, "
-              f"{stats['media_bytes'] / 1e6:.1f} MB of media")
-
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(work),
-               "CELERY_BROKER_URL": redis_server.url,
-               "RESTIC_REPOSITORY": str(work / "repo"),
-               "RESTIC_PASSWORD_FILE": str(secrets / "restic-password"),
-               "RESTIC_CACHE_DIR": str(work / "restic-cache"),
-               "POSTGRES_HOST": f"127.0.0.1:{pg.port}", "POSTGRES_DB": "taiga", "POSTGRES_USER": "taiga",
-               "POSTGRES_PASSWORD_FILE": str(secrets / "postgres-password"),
-               "BACKUP_FILES_DIR": str(media),
-               "KUBECONFIG": kube.write_kubeconfig(str(work / "kubeconfig")), "KUBE_NAMESPACE": "taiga",
-               "RESTORE_CHOWN": "off"}
-
-        say("starting a taiga-backup worker")
-        log = open(work / "worker.log", "wb")
-        worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--schedule-file",
-                                   str(work / "beat")], env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while subprocess.run([sys.executable, "-m", "worker.cli", "ping", "--timeout", "1"], env=env, cwd=str(ROOT),
-                             capture_output=True).returncode != 0:
-            if time.monotonic() > deadline or worker.poll() is not None:
-                raise SystemExit("demo: the worker did not start:\n" + (work / "worker.log").read_text()[-3000:])
-
-        before_db, before_files = dataset.table_checksums(conninfo), live_files(media)
-
-        say("taiga-backup backup --wait --json")
-        backup = cli(env, "backup", "--wait", "--json")["result"]
-        print(json.dumps({k: backup[k] for k in ("backup_id", "snapshots", "bytes_added", "downtime_seconds",
-                                                  "duration_seconds", "deployments")}, indent=2))
-
-        say("changing the data: a day of Taiga work, plus a file that should not survive the restore")
-        changes = dataset.apply_day_of_changes(conninfo, str(media))
-        (media / "added-after-backup.txt").write_text("gone after the restore\n")
-        print(f"   {changes['media_files_added']} media files added, {changes['media_files_deleted']} deleted")
-        assert dataset.table_checksums(conninfo) != before_db
-
-        say(f"taiga-backup restore --snapshot {backup['backup_id']} --wait --json")
-        restore = cli(env, "restore", "--snapshot", backup["backup_id"], "--wait", "--json")["result"]
-        print(json.dumps({k: restore.get(k) for k in ("backup_id", "safety_backup", "database", "files", "kept",
-                                                       "downtime_seconds", "duration_seconds")}, indent=2))
+        lab.start().generate(args.scale)
+        env = lab.env()
+        lab.start_worker(env)
+        before_db, before_files = dataset.table_checksums(lab.conninfo), live_files(lab.media)
+        restore = round_trip(lab, env, before_db)
 
         say("checking the round trip")
-        same_db = dataset.table_checksums(conninfo) == before_db
-        same_files = live_files(media) == before_files
-        replicas = {name: kube.replicas("taiga", name) for name in DEPLOYMENTS}
+        same_db = dataset.table_checksums(lab.conninfo) == before_db
+        same_files = live_files(lab.media) == before_files
+        replicas = {name: lab.kube.replicas("taiga", name) for name in DEPLOYMENTS}
         print(f"   database identical to the backup: {same_db}")
         print(f"   media identical to the backup:    {same_files} (the replaced media are kept in "
               f"{restore['kept']['files_dir'] if restore.get('kept') else '-'}, for undo-restore)")
@@ -127,18 +166,7 @@ def main() -> int:
         print("\nround trip OK: backup -> change -> restore gave back the same bytes")
         return 0
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        for part in (kube,):
-            if part is not None:
-                part.stop()
-        for part in (pg, redis_server):
-            if part is not None:
-                part.cleanup()
+        lab.stop()
         if args.keep:
             print(f"kept {work}")
         else:

@@ -75,12 +75,11 @@ build() {
   setup
   base
   local started=$SECONDS
-  # Debian's python3 and restic (no registry, no GitHub release download here); the CA bundle of the
+  # Debian's python3 (no registry here), restic as production gets it (the Dockerfile's default); the CA bundle of the
   # host's proxy is mounted for pip only during the build, never copied into a layer.
   podman build --network host --format docker \
     --build-arg BASE_IMAGE="$BASE" \
     --build-arg PYTHON_SOURCE=debian \
-    --build-arg RESTIC_SOURCE=debian \
     --build-arg PG_SOURCE=debian \
     --volume "$CA_BUNDLE:/run/host-ca.crt:ro" \
     --build-arg PIP_CERT=/run/host-ca.crt \

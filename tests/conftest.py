@@ -19,6 +19,15 @@ from testkit.servers import PostgresCluster, RedisServer  # noqa: E402
 from testkit.site import (BACKUP_DEPLOYMENTS, NAMESPACE, RESTORE_ONLY_DEPLOYMENTS, Site,  # noqa: E402
                           WorkerProcess, copy_tree)
 
+
+def pytest_report_header(config):
+    """Which restic every test and worker runs (CI runs the suite with two): first on PATH."""
+    try:
+        found = subprocess.run(["restic", "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        found = f"none ({exc})"
+    return f"restic: {found}"
+
 @pytest.fixture(scope="session")
 def redis_server():
     server = RedisServer().start()

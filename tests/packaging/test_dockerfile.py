@@ -1,6 +1,6 @@
 """The Dockerfile, .dockerignore and docker/entrypoint.sh, read and run without a container engine.
 
-Fast checks of what the image promises (pinned base, checksummed restic, non-root user, tini, health
+Fast checks of what the image promises (pinned base, restic from Debian's signed archive, non-root user, tini, health
 check, lock-file install, build-time-only CA bundle) and of the entrypoint run with /bin/sh, so a
 mistake shows up even where podman cannot run. tests/packaging/test_image.py builds and runs the
 image itself.
@@ -131,16 +131,11 @@ def test_healthcheck_pings_the_worker():
 
 
 def test_sources_are_build_arguments():
-    """One Dockerfile for production and CI: where Python, restic and the PostgreSQL client come from
-    are arguments (defaults: the python image, the checksummed release, PGDG), not a patched copy."""
+    """One Dockerfile for production and CI: where Python and the PostgreSQL client come from are
+    arguments (defaults: the python image, PGDG), not a patched copy; restic is the same for both."""
     global_args, stages = dockerfile_stages()
     assert global_args["PYTHON_SOURCE"] == "image"
-    (restic,) = [s for s in stages if s["alias"] == "restic"]
-    assert restic["args"]["RESTIC_SOURCE"] == "release"
     assert final_stage()["args"]["PG_SOURCE"] == "pgdg"
-    run = " ".join(stage_instructions(restic, "RUN"))
-    assert re.search(r"release\)", run) and re.search(r"debian\)", run)
-    assert "apt-get download restic" in run  # Debian's package: verified by apt, not installed
     runs = " ".join(stage_instructions(final_stage(), "RUN"))
     assert re.search(r"pgdg\)", runs) and re.search(r"debian\)", runs)
     assert '"$PYTHON_SOURCE" = debian' in runs and '"$PYTHON_SOURCE" = debian' in " ".join(
@@ -181,21 +176,23 @@ def test_dependencies_are_a_layer_of_their_own():
     assert copy_lock < install < copy_all
 
 
-def test_restic_release_is_pinned_and_checksummed():
+def test_restic_is_debians_package_of_a_pinned_suite_and_version():
+    """restic comes from Debian's signed archive (verified by apt, for the build's architecture),
+    pinned to one version: the one scripts/restic.sh fetches for the test suite."""
     _, stages = dockerfile_stages()
-    (stage,) = [s for s in stages if "RESTIC_VERSION" in s["args"]]
-    assert re.fullmatch(r"\d+\.\d+\.\d+", stage["args"]["RESTIC_VERSION"])
-    sums = {k: v for k, v in stage["args"].items() if k.startswith("RESTIC_SHA256")}
-    assert sums and all(re.fullmatch(r"[0-9a-f]{64}", v) for v in sums.values()), sums
+    (stage,) = [s for s in stages if s["alias"] == "restic"]
+    assert stage["args"]["RESTIC_DEBIAN_SUITE"] == "trixie"
+    assert re.fullmatch(r"\d+\.\d+\.\d+-[\w.+~]+", stage["args"]["RESTIC_DEBIAN_VERSION"])
     (run,) = [r for r in stage_instructions(stage, "RUN") if "restic" in r]
-    assert "releases/download/v${RESTIC_VERSION}/restic_${RESTIC_VERSION}_linux_" in run
-    assert "sha256sum -c" in run
-    for name in sums:
-        assert f'"${name}"' in run or f"${{{name}}}" in run, f"{name} is never checked"
-    assert run.index("sha256sum -c") < run.index("bunzip2")
+    assert 'download "restic=${RESTIC_DEBIAN_VERSION}"' in run  # exactly that version, or the build stops
+    assert "Dir::Etc::sourcelist=" in run and "Dir::State::Lists=" in run  # the base's apt state untouched
+    assert "curl" not in run and "github" not in run.lower()
     assert ["--from=restic", "/usr/local/bin/restic", "/usr/local/bin/restic"] in [
         c.split() for c in stage_instructions(final_stage(), "COPY")
     ]
+    script = (ROOT / "scripts" / "restic.sh").read_text()
+    assert "ARG $1=" in script and "RESTIC_DEBIAN_VERSION" in script  # reads the pin, does not repeat it
+    assert stage["args"]["RESTIC_DEBIAN_VERSION"] not in script
 
 
 def test_postgres_client_comes_from_pgdg_for_pg_major():

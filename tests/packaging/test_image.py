@@ -202,7 +202,11 @@ def test_image_is_lean_and_runs_as_999(podman, image):
     assert "root-writable" not in probe.stdout
     tools = [line for line in lines[2:] if line.startswith("/")]
     assert tools == [], f"build tools or sources left in the image: {tools}"
-    assert re.search(r"^restic \d+\.\d+", probe.stdout, re.M) and "pg_dump (PostgreSQL)" in probe.stdout
+    # the restic of the Dockerfile's pin: the one the suite also runs against (scripts/restic.sh)
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    pinned = re.search(r"^ARG RESTIC_DEBIAN_VERSION=(\d+\.\d+\.\d+)", dockerfile, re.M)
+    assert re.search(rf"^restic {re.escape(pinned.group(1))} ", probe.stdout, re.M), probe.stdout
+    assert "pg_dump (PostgreSQL)" in probe.stdout
     assert "nice-works" in lines, probe.stdout
     packages = podman("run", "--rm", "--network", "host", "--no-healthcheck", image, "sh", "-c",
                       "ls /opt/venv/lib/python3*/site-packages").stdout.split()
