@@ -356,9 +356,13 @@ class Repository:
         return found[0]
 
     def forget_tagged(self, tag: str, timeout: float = 600) -> None:
-        """Forgets every snapshot carrying `tag`, in one restic run: a policy that keeps only
-        snapshots with a tag none of them has."""
-        self.run("forget", "--tag", tag, "--keep-tag", tag + "-never-set", timeout=timeout)
+        """Forgets every snapshot carrying `tag`, by id. Not with a policy that keeps none of them
+        (one restic run less): restic 0.17 and later refuse a policy that would remove the last
+        snapshot of a group."""
+        deadline = _deadline(timeout)
+        ids = [s["id"] for s in self.snapshots(tag=tag, timeout=timeout)]
+        left = None if deadline is None else max(1.0, deadline - time.monotonic())
+        self.forget(*ids, timeout=left)
 
     def _full_id(self, summary: BackupSummary, deadline: float | None = None) -> BackupSummary:
         """restic 0.14 reports the short id; results and tags always carry the full one. Looked up
