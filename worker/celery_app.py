@@ -14,7 +14,7 @@ from celery import Celery
 from celery import signals as celery_signals
 
 import beat_schedule
-from worker import instance
+from worker import instance as process_identity
 from worker.jobs.job import REPORT_TTL
 from worker.runtime import control, security, signals  # noqa: F401 (connect handlers, register commands)
 from worker.settings import broker_urls, read
@@ -77,7 +77,7 @@ PINNED: dict[str, str] = {}
 
 @celery_signals.celeryd_after_setup.connect
 def _read_own_queue(sender=None, instance=None, **_):
-    name = f"{sender}.{instance.ID[:16]}.pinned"
+    name = f"{sender}.{process_identity.ID[:16]}.pinned"
     instance.app.amqp.queues.select_add(name)
     PINNED["queue"] = name
 

@@ -106,7 +106,7 @@ def test_loader_errors_carry_no_row_data():
               'ERROR:  invalid input syntax for type integer: "bob@example.org"\n'
               "DETAIL:  Failing row contains (4, carol@example.org, null).\n"
               "CONTEXT:  COPY users_user, line 7, column id: \"dave@example.org\"")
-    scrubbed = database.scrub_rows(stderr)
+    scrubbed = dump_loader.scrub_rows(stderr)
     for secret in ("alice@", "bob@", "carol@", "dave@", "pbkdf2"):
         assert secret not in scrubbed
     assert 'Key (email)=(…) already exists' in scrubbed and "COPY users_user, line 3: <row data withheld>" in scrubbed

@@ -98,7 +98,7 @@ def check_database(scratch: Settings, repo: Repository, snapshot_id: str, dbname
     restore would refuse (cut short) fails the drill too - and compares rows per table with the
     dump."""
     databases.create_plain(scratch, dbname)
-    fmt = database.detect_format(repo, snapshot_id)
+    fmt = dump_loader.detect_format(repo, snapshot_id)
     try:
         if fmt == "plain":
             watch = dump_loader.PlainWatch()
@@ -109,7 +109,7 @@ def check_database(scratch: Settings, repo: Repository, snapshot_id: str, dbname
                 counted = pool.submit(dump_row_counts, repo, snapshot_id, timeout)
                 dump_loader.load(scratch, repo, snapshot_id, dbname, timeout=timeout)
                 expected = counted.result()
-    except database.DumpError as exc:
+    except dump_loader.DumpError as exc:
         raise DrillError(f"backup {backup_id or snapshot_id[:8]} does not restore: {exc}") from None
     actual = postgres.table_row_counts(scratch, dbname)
     diffs = _differences(expected, actual, "table", " rows")
