@@ -215,7 +215,7 @@ def test_enospc_while_staging_leaves_everything_as_it_was(repos, small_media):
     small_media(tree_pages(site.media) + need + MARGIN + 1024 * 1024)
     before = live_state(site)
     result = outcome(lambda: run_restore(safety_backup=False))
-    assert isinstance(result, JobFailed), result
+    assert isinstance(result, JobFailed) and "no space left" in str(result).lower(), result
     assert live_state(site) == before and side_copies(site) == NOTHING_LEFT
     assert site.replicas() == ALL_DEPLOYMENTS
     reconcile(site)

@@ -120,7 +120,8 @@ def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target
                 "database_bytes": max(sizes[layout.DATABASE]["dump_bytes"], target.size_bytes),
                 "database_note": f"free on the PostgreSQL server beside {target.name} (about the dump's size plus "
                                  "its indexes; the live database stays until the switch)",
-                "media_bytes": sizes[layout.FILES]["bytes"], "media_free_bytes": free},
+                "media_bytes": sizes[layout.FILES]["bytes"], "media_free_bytes": free,
+                "media_margin_bytes": media.staging_margin(sizes[layout.FILES]["bytes"])},
         }
         entry.update(space_needed=found["space_needed"])
         return found
@@ -212,9 +213,10 @@ def restore_backup(job: Job, request: RestoreRequest, live: switch.LiveHolders) 
     if request.dry_run:
         return {}
     space = job.report["plan"]["space_needed"]
-    if space["media_bytes"] > space["media_free_bytes"]:
+    if space["media_bytes"] + space["media_margin_bytes"] > space["media_free_bytes"]:
         raise JobFailed(f"the media volume {settings.files_dir} has {space['media_free_bytes']} bytes free; staging "
-                        f"the backup's files beside the live ones needs {space['media_bytes']} (nothing was changed)")
+                        f"the backup's files beside the live ones needs {space['media_bytes']} and leaves "
+                        f"{space['media_margin_bytes']} free for the app and the switch (nothing was changed)")
     restore_steps.settle_first(job, live)
     ids = media.owner(settings.restore_chown)
     rid = unique_restore_id(settings)
