@@ -249,3 +249,49 @@ def test_enospc_writing_the_journal(proxied, small_media):
     reconcile(site)
     assert one_whole_state(site, before, restored, rid) == which and site.replicas() == ALL_DEPLOYMENTS
     assert live_files(site.media) == (before if which == "previous" else restored)["files"]
+
+
+def redis_restarted_and_taken(site, taken: list):
+    """Redis restarts empty and a backup takes the repository's lease at once: what a job whose
+    lease was wiped must notice before it touches the app."""
+    from worker.adapters.redis_store import connect
+    from worker.jobs.lease import JobLock
+
+    def strike():
+        site.redis_server.stop()
+        site.redis_server.start()
+        settings = site.settings()
+        lock = JobLock(connect(settings), settings.restic_repository, 60)
+        lock.acquire("backup", "a-backup-that-took-the-lease")
+        taken.append(lock)
+
+    return strike
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["restore", "undo"])
+def test_a_lease_taken_mid_job_stops_it_before_the_app_is_touched(proxied, job):
+    """Restore: the lease taken while the side database loads; undo: while it checks the
+    database. Either stops before quiescing: live state and replicas as they were, no side copy."""
+    site, proxy = proxied
+    taken: list = []
+    restored, before = backed_up_then_changed(site)
+    if job == "undo":
+        run_restore(safety_backup=False)
+        before = live_state(site)
+        proxy.on_statement(r"pg_has_role", redis_restarted_and_taken(site, taken))
+    else:
+        proxy.on_statement(r"^\s*copy\b.*from stdin", redis_restarted_and_taken(site, taken))
+    history = {n: site.kube.history("taiga", n) for n in ALL_DEPLOYMENTS}
+    try:
+        result = outcome(lambda: run_restore(safety_backup=False) if job == "restore" else run_undo())
+    finally:
+        for lock in taken:
+            lock.release()
+    assert taken, "the lease was taken during the job"
+    assert isinstance(result, JobFailed) and "lease" in str(result), result
+    assert live_state(site) == before
+    assert {n: site.kube.history("taiga", n) for n in ALL_DEPLOYMENTS} == history  # never stopped
+    assert site.replicas() == ALL_DEPLOYMENTS
+    if job == "restore":
+        assert side_copies(site) == NOTHING_LEFT
