@@ -102,21 +102,9 @@ def check_names(settings: Settings) -> None:
 
 
 # -- the journal (worker.backups.switch_journal) ------------------------------------------------
-def _journal_path(settings: Settings) -> str:
-    return switch_journal.path(settings.files_dir)
-
-
 def read_journal(settings: Settings) -> dict | None:
     """The journal of an unfinished switch, checked (it lives on a volume others can write)."""
     return switch_journal.read(settings.files_dir, ID_FORMAT)
-
-
-def _write_journal(settings: Settings, doc: dict) -> None:
-    switch_journal.write(settings.files_dir, doc)
-
-
-def _remove_journal(settings: Settings) -> None:
-    switch_journal.remove(settings.files_dir)
 
 
 def named_by_journal(settings: Settings, rid: str) -> bool:
@@ -139,7 +127,7 @@ def _media_to(settings: Settings, doc: dict, goal: str, ids: tuple[int, int] | N
 
     def enter(position: str) -> None:
         doc["media"] = position
-        _write_journal(settings, doc)
+        switch_journal.write(settings.files_dir, doc)
 
     def segment(position: str, src: str, dst: str, pause: str | None = None) -> None:
         os.makedirs(dst, 0o700, exist_ok=True)
@@ -197,7 +185,7 @@ def _renamed(settings: Settings, doc: dict, renames: list, terminate: list[str],
                                  f"the switch's renames were sent but their answer was lost ({exc}), and whether "
                                  "they went through cannot be told: PostgreSQL does not answer")
         if not went_through:  # one transaction: nothing renamed, nothing moved yet
-            _remove_journal(settings)
+            switch_journal.remove(settings.files_dir)
             raise
         log.warning("the answer to the switch's renames was lost (%s), but they went through", exc)
         return 0
@@ -211,7 +199,7 @@ def forward(settings: Settings, rid: str, source: str, had_live: bool, ids: tupl
     doc = {"version": VERSION, "id": rid, "direction": "forward", "media": "old", "had_live": had_live,
            "source": os.path.relpath(source, settings.files_dir), "db": settings.pg_db, "holder": instance.holder()}
     switch_journal.reserve(settings.files_dir)
-    _write_journal(settings, doc)
+    switch_journal.write(settings.files_dir, doc)
     killed = _renamed(settings, doc, _renames(settings, rid, had_live, NEW),
                       [settings.pg_db] if had_live else [], NEW)
     try:
@@ -219,7 +207,7 @@ def forward(settings: Settings, rid: str, source: str, had_live: bool, ids: tupl
     except Exception as exc:
         _roll_back(settings, doc, exc, OLD)
         raise
-    _remove_journal(settings)
+    switch_journal.remove(settings.files_dir)
     return {"sessions_terminated": killed, "previous_database": before_db(settings, rid) if had_live else None,
             "kept_files": kept_dir(settings, rid)}
 
@@ -234,10 +222,10 @@ def _roll_back(settings: Settings, doc: dict, cause: Exception, goal: str) -> No
             databases.rename_all(settings, _renames(settings, doc["id"], doc["had_live"], goal),
                                  terminate=[settings.pg_db])
         _media_to(settings, doc, goal, None)
-        _remove_journal(settings)
+        switch_journal.remove(settings.files_dir)
 
     _retrying(back_to_goal, f"the switch failed ({cause}) and so did going back; the journal "
-                            f"{_journal_path(settings)} stays, the next worker start or reconcile settles it")
+                            f"{switch_journal.path(settings.files_dir)} stays, the next worker start or reconcile settles it")
 
 
 def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
@@ -258,14 +246,14 @@ def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
            "source": media.STAGING_PREFIX + rid, "db": db, "holder": instance.holder()}
     claim(settings, rid)  # this undo's switch is this process's, lease or not (settle)
     switch_journal.reserve(settings.files_dir)
-    _write_journal(settings, doc)
+    switch_journal.write(settings.files_dir, doc)
     killed = _renamed(settings, doc, _renames(settings, rid, True, OLD), [db], OLD)
     try:
         _media_to(settings, doc, "old", ids)
     except Exception as exc:
         _roll_back(settings, doc, exc, NEW)
         raise
-    _remove_journal(settings)
+    switch_journal.remove(settings.files_dir)
     return {"sessions_terminated": killed, "undone": {"database": side, "files": staging_dir(settings, rid)}}
 
 
@@ -327,7 +315,7 @@ def settle(settings: Settings, ids: tuple[int, int] | None = None, live: LiveHol
     if doc is not None:
         goal = "new" if _db_is_new(settings, doc) else "old"
         _media_to(settings, doc, goal, ids)
-        _remove_journal(settings)
+        switch_journal.remove(settings.files_dir)
         done["switch"] = {"id": doc["id"], "direction": doc["direction"],
                           "outcome": "completed" if (goal == "new") == (doc["direction"] == "forward")
                           else "rolled back", "state": "restored" if goal == "new" else "previous"}
