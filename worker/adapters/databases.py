@@ -9,6 +9,8 @@ statements that need them are read in one place.
 
 from __future__ import annotations
 
+import glob
+import os
 import time
 from dataclasses import dataclass
 
@@ -22,6 +24,16 @@ from worker.settings import Settings
 MAINTENANCE_DATABASES = ("postgres", "template1")
 MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: longer names are silently cut by PostgreSQL
 TERMINATE_ATTEMPTS = 20
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+DEFAULT_TABLESPACE = "pg_default"
+# what the side load leaves free on the server's disk: the live database goes on writing beside
+# it (and its WAL with it) - a server whose disk fills stops the live database too
+LOAD_MARGIN_BYTES = 16 * 1024 * 1024
+LOAD_MARGIN_SHARE = 0.10
+
+
+def load_margin(load_bytes: int) -> int:
+    return LOAD_MARGIN_BYTES + int(load_bytes * LOAD_MARGIN_SHARE)
 
 
 @dataclass
@@ -35,6 +47,7 @@ class Target:
     collate: str | None = None
     ctype: str | None = None
     size_bytes: int = 0
+    tablespace: str = DEFAULT_TABLESPACE
 
 
 def maintenance(settings: Settings, avoid: tuple[str, ...] = ()):
@@ -71,8 +84,9 @@ def inspect(settings: Settings, name: str | None = None, *, for_what: str = "a r
             "select rolsuper, rolcreatedb from pg_roles where rolname = current_user").fetchone()
         row = conn.execute(
             "select pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype,"
-            " pg_database_size(oid), pg_has_role(current_user, datdba, 'MEMBER') from pg_database"
-            " where datname = %s", (name,)).fetchone()
+            " pg_database_size(d.oid), pg_has_role(current_user, datdba, 'MEMBER'), t.spcname,"
+            " has_tablespace_privilege(t.oid, 'CREATE') from pg_database d join pg_tablespace t"
+            " on t.oid = d.dattablespace where datname = %s", (name,)).fetchone()
     missing = []
     if not (superuser or createdb):
         missing.append(f'may not create databases: {for_what} loads the backup into a new database beside '
@@ -80,18 +94,54 @@ def inspect(settings: Settings, name: str | None = None, *, for_what: str = "a r
     if row is not None and not (superuser or row[5]):
         missing.append(f'is not the owner of database "{name}" (owned by "{row[0]}"): renaming it needs the owner '
                        f'(ALTER DATABASE "{name}" OWNER TO "{user}", or GRANT "{row[0]}" TO "{user}")')
+    if row is not None and row[6] != DEFAULT_TABLESPACE and not (superuser or row[7]):
+        missing.append(f'may not create databases in tablespace "{row[6]}", where "{name}" lives: {for_what} '
+                       f'loads beside it there (GRANT CREATE ON TABLESPACE "{row[6]}" TO "{user}")')
     if missing:
         raise DatabaseError(f'role "{user}" on {where} ' + "; and ".join(missing))
     if row is None:
         return Target(name, False, user)
-    owner, encoding, collate, ctype, size, _member = row
-    return Target(name, True, owner, encoding, collate, ctype, int(size))
+    owner, encoding, collate, ctype, size, _member, tablespace, _create = row
+    return Target(name, True, owner, encoding, collate, ctype, int(size), tablespace)
+
+
+def free_bytes(settings: Settings, target: Target) -> tuple[int | None, str]:
+    """Free bytes on the disk of the target's tablespace, and where that was read - or None and
+    why it cannot be known.
+
+    PostgreSQL has no SQL for free disk space. The one way without a setting or a helper on the
+    server: when the server runs beside the worker (POSTGRES_HOST is this machine or a socket
+    directory, as in a single-node install or a sidecar) its tablespace directory is visible
+    here, and statvfs of it is the server's own free space. The directory is taken as the
+    server's only when it carries the server's version marker (PG_VERSION in the data directory,
+    PG_<major>_* in a tablespace): a directory of the same name in another container is not
+    mistaken for it. A remote server is not checked (the load then fails on a full disk with the
+    side database dropped, as before); the plan says so."""
+    if not (settings.pg_host in LOCAL_HOSTS or settings.pg_host.startswith("/")):
+        return None, f"not checked: PostgreSQL at {settings.pg_address} is not on this machine"
+    with maintenance(settings) as conn:
+        location, major = conn.execute(
+            "select pg_tablespace_location(t.oid), current_setting('server_version_num')::int / 10000"
+            " from pg_tablespace t where t.spcname = %s", (target.tablespace,)).fetchone()
+        if not location:
+            row = conn.execute("select setting from pg_settings where name = 'data_directory'").fetchone()
+            location = row[0] if row else None
+    if not location:
+        return None, f"not checked: role {settings.pg_user} may not read the data directory's place"
+    marker = os.path.join(location, "PG_VERSION") if target.tablespace == DEFAULT_TABLESPACE else \
+        os.path.join(location, f"PG_{major}_*")
+    if not glob.glob(marker):
+        return None, f"not checked: {location} (tablespace {target.tablespace}) is not visible from here"
+    st = os.statvfs(location)
+    return st.f_bavail * st.f_frsize, f"{location} (tablespace {target.tablespace})"
 
 
 def create_like(settings: Settings, target: Target, name: str) -> None:
-    """An empty database `name` with the target's owner, encoding and locale (from template0, so
-    nothing of template1 ends up in it)."""
+    """An empty database `name` with the target's owner, encoding, locale and tablespace (from
+    template0, so nothing of template1 ends up in it)."""
     options = [sql.SQL("owner {}").format(sql.Identifier(target.owner)), sql.SQL("template template0")]
+    if target.tablespace != DEFAULT_TABLESPACE:  # beside the live one: the same disk, after the switch too
+        options.append(sql.SQL("tablespace {}").format(sql.Identifier(target.tablespace)))
     for keyword, value in (("encoding", target.encoding), ("lc_collate", target.collate), ("lc_ctype", target.ctype)):
         if value:
             options.append(sql.SQL(keyword + " {}").format(sql.Literal(value)))

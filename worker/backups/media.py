@@ -169,6 +169,18 @@ def move_entries(src: str, dst: str) -> list[str]:
     return moved
 
 
+# What staging leaves free on the media volume: the app stays up while the restore stages, so
+# its uploads need room, and so do the switch's journal and its reserve (switch_journal). A
+# fixed part for small volumes and a share for big ones; a volume that would hold the staged
+# files only to its last bytes is refused before anything is written.
+STAGING_MARGIN_BYTES = 8 * 1024 * 1024
+STAGING_MARGIN_SHARE = 0.02
+
+
+def staging_margin(staged_bytes: int) -> int:
+    return STAGING_MARGIN_BYTES + int(staged_bytes * STAGING_MARGIN_SHARE)
+
+
 def free_bytes(path: str) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize

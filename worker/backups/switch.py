@@ -20,7 +20,7 @@ directions can be finished from any point.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
 import shutil
@@ -30,26 +30,25 @@ from typing import Callable
 
 from worker import instance
 from worker.adapters import databases
-from worker.backups import media
-from worker.errors import OperatorError
+from worker.backups import media, switch_journal
+from worker.backups.switch_journal import (MOVING_IN, MOVING_OUT, NEW, OLD, POSITIONS, VERSION,  # noqa: F401
+                                           SwitchError, SwitchUnsettled)
 from worker.pause_points import pause_point
 from worker.settings import Settings
 
 SIDE = "__restore_"
 BEFORE = "__before_"
-ID_FORMAT = re.compile(r"\d{14}")
-VERSION = 2
-# the media positions of a journal, in the forward order (module docstring)
-OLD, MOVING_OUT, MOVING_IN, NEW = "old", "moving_out", "moving_in", "new"
-POSITIONS = (OLD, MOVING_OUT, MOVING_IN, NEW)
-# a version-1 journal (written before the positions had names) is read with its old letters
-_V1_POSITIONS = {"A": MOVING_OUT, "B": MOVING_IN}
+ID_FORMAT = re.compile(switch_journal.ID_PATTERN)
+# How long a job keeps trying to settle its own switch when it cannot tell which state is live
+# (PostgreSQL restarting after the renames' answer was lost) before it leaves the switch to the
+# reconciler, with the app down: a restarting server is usually back within it, and the app is
+# down meanwhile anyway (backoff: switch_journal.retrying).
+SETTLE_WITHIN = 60.0
 HOLDER_SUFFIX = ".holder"  # `.taiga-backup-restore-<id>.holder`: which worker process uses that restore's copies
 LiveHolders = Callable[[], set]
 
 
-class SwitchError(OperatorError):
-    """A switch (or undo) that cannot be made; the message says what is in the way."""
+log = logging.getLogger(__name__)
 
 
 def new_id(now: datetime | None = None) -> str:
@@ -102,59 +101,20 @@ def check_names(settings: Settings) -> None:
         databases.check_name(name)
 
 
-# -- the journal ----------------------------------------------------------------------------------
-def _journal_path(settings: Settings) -> str:
-    return os.path.join(settings.files_dir, media.JOURNAL)
-
-
+# -- the journal (worker.backups.switch_journal) ------------------------------------------------
 def read_journal(settings: Settings) -> dict | None:
     """The journal of an unfinished switch, checked (it lives on a volume others can write)."""
+    return switch_journal.read(settings.files_dir, ID_FORMAT)
+
+
+def named_by_journal(settings: Settings, rid: str) -> bool:
+    """Whether a journal names restore `rid` (an unreadable one is taken to): while it does, its
+    staging folder (the source of the media moves) and side database are never removed."""
     try:
-        with open(_journal_path(settings), encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise SwitchError(f"the switch journal {_journal_path(settings)} cannot be read ({exc}): look at the "
-                          "database names and media folders by hand before removing it") from None
-    if isinstance(doc, dict) and doc.get("version") == 1:
-        doc["media"] = _V1_POSITIONS.get(doc.get("media"), doc.get("media"))
-        doc["version"] = VERSION
-    rid = doc.get("id") if isinstance(doc, dict) else None
-    source = doc.get("source") if isinstance(doc, dict) else None
-    if not (isinstance(rid, str) and ID_FORMAT.fullmatch(rid) and doc.get("direction") in ("forward", "back")
-            and doc.get("media") in POSITIONS and isinstance(source, str)
-            and os.path.normpath(source).split(os.sep)[0] == media.STAGING_PREFIX + rid and ".." not in source.split("/")):
-        raise SwitchError(f"the switch journal {_journal_path(settings)} is not one of ours: look at it by hand")
-    return doc
-
-
-def _write_journal(settings: Settings, doc: dict) -> None:
-    """Written to a temporary name, flushed to disk and renamed: never half a journal."""
-    path = _journal_path(settings)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _sync_dir(settings.files_dir)
-
-
-def _remove_journal(settings: Settings) -> None:
-    try:
-        os.unlink(_journal_path(settings))
-    except FileNotFoundError:
-        pass
-    _sync_dir(settings.files_dir)
-
-
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        doc = read_journal(settings)
+    except SwitchError:
+        return True
+    return doc is not None and doc["id"] == rid
 
 
 # -- moving the media -----------------------------------------------------------------------------
@@ -167,7 +127,7 @@ def _media_to(settings: Settings, doc: dict, goal: str, ids: tuple[int, int] | N
 
     def enter(position: str) -> None:
         doc["media"] = position
-        _write_journal(settings, doc)
+        switch_journal.write(settings.files_dir, doc)
 
     def segment(position: str, src: str, dst: str, pause: str | None = None) -> None:
         os.makedirs(dst, 0o700, exist_ok=True)
@@ -201,52 +161,78 @@ def _db_is_new(settings: Settings, doc: dict) -> bool:
     return not databases.exists(settings, side_db(settings, doc["id"]))
 
 
+def _renames(settings: Settings, rid: str, had_live: bool, to: str) -> list[tuple[str, str]]:
+    """The renames (one transaction) that make the database names those of state `to`."""
+    db, side, before = settings.pg_db, side_db(settings, rid), before_db(settings, rid)
+    if to == NEW:
+        return [(db, before), (side, db)] if had_live else [(side, db)]
+    return [(db, side), (before, db)] if had_live else [(db, side)]
+
+
+def _retrying(fn, what: str):
+    return switch_journal.retrying(fn, what, SETTLE_WITHIN)
+
+
+def _renamed(settings: Settings, doc: dict, renames: list, terminate: list[str], goal: str) -> int:
+    """The renames towards `goal`; when their answer is lost (the connection died around the
+    COMMIT), the server is asked - again, with backoff - whether they went through. Returns the
+    sessions ended; raises when nothing was renamed (journal removed), SwitchUnsettled when the
+    outcome cannot be learned (journal kept)."""
+    try:
+        return databases.rename_all(settings, renames, terminate=terminate)
+    except Exception as exc:
+        went_through = _retrying(lambda: _db_is_new(settings, doc) == (goal == NEW),
+                                 f"the switch's renames were sent but their answer was lost ({exc}), and whether "
+                                 "they went through cannot be told: PostgreSQL does not answer")
+        if not went_through:  # one transaction: nothing renamed, nothing moved yet
+            switch_journal.remove(settings.files_dir)
+            raise
+        log.warning("the answer to the switch's renames was lost (%s), but they went through", exc)
+        return 0
+
+
 # -- the switch and the undo ----------------------------------------------------------------------
 def forward(settings: Settings, rid: str, source: str, had_live: bool, ids: tuple[int, int] | None) -> dict:
     """The restore's switch, with the app down: database renames, then media moves. `source` is
-    the staged tree (inside the staging folder)."""
+    the staged tree (inside the staging folder). Returns only with the restored state whole;
+    raises with the previous state whole, or SwitchUnsettled (journal kept, app to stay down)."""
     doc = {"version": VERSION, "id": rid, "direction": "forward", "media": "old", "had_live": had_live,
            "source": os.path.relpath(source, settings.files_dir), "db": settings.pg_db, "holder": instance.holder()}
-    _write_journal(settings, doc)
-    db, side, before = settings.pg_db, side_db(settings, rid), before_db(settings, rid)
-    try:
-        killed = databases.rename_all(settings, [(db, before), (side, db)] if had_live else [(side, db)],
-                                      terminate=[db] if had_live else [])
-    except Exception:
-        if not _db_is_new(settings, doc):  # one transaction: nothing renamed, nothing moved yet
-            _remove_journal(settings)
-            raise
-        killed = 0  # the commit went through although its answer was lost
+    switch_journal.reserve(settings.files_dir)
+    switch_journal.write(settings.files_dir, doc)
+    killed = _renamed(settings, doc, _renames(settings, rid, had_live, NEW),
+                      [settings.pg_db] if had_live else [], NEW)
     try:
         _media_to(settings, doc, "new", ids)
     except Exception as exc:
-        _roll_back(settings, doc, exc)
+        _roll_back(settings, doc, exc, OLD)
         raise
-    _remove_journal(settings)
-    return {"sessions_terminated": killed, "previous_database": before if had_live else None,
+    switch_journal.remove(settings.files_dir)
+    return {"sessions_terminated": killed, "previous_database": before_db(settings, rid) if had_live else None,
             "kept_files": kept_dir(settings, rid)}
 
 
-def _roll_back(settings: Settings, doc: dict, cause: Exception) -> None:
-    """A media move failed (not a crash): the database goes back to its old names and the media
-    to their old place, so the app comes back on the state it had. Should that fail too, the
+def _roll_back(settings: Settings, doc: dict, cause: Exception, goal: str) -> None:
+    """A media move failed (not a crash): the database goes back to its names of state `goal`
+    and the media to their place in it, so the app comes back on the state it had. Tried again
+    with backoff (the server may be restarting); should it still fail, SwitchUnsettled: the
     journal stays and the next settle decides."""
-    db, rid = settings.pg_db, doc["id"]
-    renames = [(db, side_db(settings, rid)), (before_db(settings, rid), db)] if doc["had_live"] else \
-        [(db, side_db(settings, rid))]
-    try:
-        databases.rename_all(settings, renames, terminate=[db])
-        _media_to(settings, doc, "old", None)
-        _remove_journal(settings)
-    except Exception as exc:
-        raise SwitchError(f"the switch failed ({cause}) and so did going back ({exc}): the journal "
-                          f"{_journal_path(settings)} stays, the next worker start or reconcile settles it") from None
+    def back_to_goal() -> None:
+        if _db_is_new(settings, doc) != (goal == NEW):
+            databases.rename_all(settings, _renames(settings, doc["id"], doc["had_live"], goal),
+                                 terminate=[settings.pg_db])
+        _media_to(settings, doc, goal, None)
+        switch_journal.remove(settings.files_dir)
+
+    _retrying(back_to_goal, f"the switch failed ({cause}) and so did going back; the journal "
+                            f"{switch_journal.path(settings.files_dir)} stays, the next worker start or reconcile settles it")
 
 
 def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
     """undo-restore: the live state goes back to side names, the kept state becomes live again.
     The caller removes the undone state (discard) once the app is back: dropping a database and
-    deleting its files take time in proportion to the data, and must not be downtime."""
+    deleting its files take time in proportion to the data, and must not be downtime. Returns
+    only with the previous state whole; raises with the restored one whole, or SwitchUnsettled."""
     if read_journal(settings) is not None:
         raise SwitchError("an earlier switch is unfinished (its journal is there): it is settled first")
     db, side, before = settings.pg_db, side_db(settings, rid), before_db(settings, rid)
@@ -258,20 +244,37 @@ def back(settings: Settings, rid: str, ids: tuple[int, int] | None) -> dict:
         raise SwitchError(f"restore {rid} kept no previous media ({kept_dir(settings, rid)} is gone)")
     doc = {"version": VERSION, "id": rid, "direction": "back", "media": "new", "had_live": True,
            "source": media.STAGING_PREFIX + rid, "db": db, "holder": instance.holder()}
-    _write_journal(settings, doc)
+    claim(settings, rid)  # this undo's switch is this process's, lease or not (settle)
+    switch_journal.reserve(settings.files_dir)
+    switch_journal.write(settings.files_dir, doc)
+    killed = _renamed(settings, doc, _renames(settings, rid, True, OLD), [db], OLD)
     try:
-        killed = databases.rename_all(settings, [(db, side), (before, db)], terminate=[db])
-    except BaseException:
-        _remove_journal(settings)
+        _media_to(settings, doc, "old", ids)
+    except Exception as exc:
+        _roll_back(settings, doc, exc, NEW)
         raise
-    _media_to(settings, doc, "old", ids)
-    _remove_journal(settings)
+    switch_journal.remove(settings.files_dir)
     return {"sessions_terminated": killed, "undone": {"database": side, "files": staging_dir(settings, rid)}}
+
+
+def hand_over(settings: Settings) -> str | None:
+    """A job that leaves its unsettled switch to the reconciler gives up its claim: from then on
+    `settle` takes the switch although this worker process lives on. Returns the restore id."""
+    doc = read_journal(settings)
+    if doc is None or _holder(settings, doc["id"]) != instance.holder():
+        return None
+    try:
+        os.unlink(staging_dir(settings, doc["id"]) + HOLDER_SUFFIX)
+    except FileNotFoundError:
+        pass
+    return doc["id"]
 
 
 def release(settings: Settings, rid: str) -> None:
     """The staging folder (after a switch: only what was skipped, our own names in a snapshot)
-    and, last, the claim."""
+    and, last, the claim - never while a journal names them."""
+    if named_by_journal(settings, rid):
+        return
     shutil.rmtree(staging_dir(settings, rid), ignore_errors=True)
     try:
         os.unlink(staging_dir(settings, rid) + HOLDER_SUFFIX)
@@ -280,7 +283,11 @@ def release(settings: Settings, rid: str) -> None:
 
 
 def discard(settings: Settings, rid: str) -> None:
-    """The side copies of `rid` (a failed load, a rolled-back switch, an undone restore)."""
+    """The side copies of `rid` (a failed load, a rolled-back switch, an undone restore); none
+    while a journal names them (an unsettled switch: they are its source and its way back)."""
+    if named_by_journal(settings, rid):
+        log.warning("restore %s: its side copies stay, the switch journal names them", rid)
+        return
     databases.drop(settings, side_db(settings, rid))
     release(settings, rid)
     try:
@@ -295,18 +302,20 @@ def settle(settings: Settings, ids: tuple[int, int] | None = None, live: LiveHol
     interrupted switch (the media follow the database), removes what dead restores left beside
     the live data, and removes kept states older than RESTORE_KEEP_PREVIOUS. Returns what it did
     (empty when there was nothing). `live()`: the worker processes alive now (asked only when
-    needed); a switch or side copies of one of them belong to a job still running, lease or not."""
+    needed); a switch or side copies of one of them belong to a job still running, lease or not -
+    a switch only while that job's claim names it too (a job that gave its switch up hands it over)."""
     done: dict = {}
     if not os.path.isdir(settings.files_dir):
         return done
     doc = read_journal(settings)
-    if doc is not None and doc.get("holder") and doc["holder"] in live():
+    if doc is not None and doc.get("holder") and doc["holder"] == _holder(settings, doc["id"]) \
+            and doc["holder"] in live():
         raise SwitchError(f"restore {doc['id']} is switching on {doc['holder']}, a worker that is still running: "
                           "its switch is left to it")
     if doc is not None:
         goal = "new" if _db_is_new(settings, doc) else "old"
         _media_to(settings, doc, goal, ids)
-        _remove_journal(settings)
+        switch_journal.remove(settings.files_dir)
         done["switch"] = {"id": doc["id"], "direction": doc["direction"],
                           "outcome": "completed" if (goal == "new") == (doc["direction"] == "forward")
                           else "rolled back", "state": "restored" if goal == "new" else "previous"}
@@ -334,7 +343,7 @@ def remove_leftovers(settings: Settings, live: LiveHolders = set) -> list[str]:
     alive = live() if any(holders.values()) else set()
     gone = []
     for rid in sorted(rids):
-        if holders[rid] and holders[rid] in alive:
+        if holders[rid] and holders[rid] in alive or named_by_journal(settings, rid):
             continue
         if side + rid in dbs:
             gone += databases.drop(settings, side + rid)

@@ -142,6 +142,23 @@ class JobLock:
             raise LeaseLost("the job lease was taken over by another job while this one ran: "
                             "stopped before touching anything more")
 
+    def confirm(self, before: str) -> None:
+        """check(), and Redis asked now (the renewal looks only every third of the lease): raises
+        LeaseLost when the lease is another job's - a Redis restart let a backup take it - or
+        cannot be confirmed, so the job stops before `before` (quiescing, switching)."""
+        self.check()
+        if self._value is None:
+            return
+        try:
+            ours = self._renew()
+        except redis.RedisError as exc:
+            raise LeaseLost(f"the job lease could not be confirmed ({exc}): stopped before {before}") from None
+        if not ours:
+            self.lost.set()
+            other = self.holder() or {}
+            raise LeaseLost(f"the job lease is now held by {other.get('kind', '?')} task {other.get('task_id', '?')}: "
+                            f"stopped before {before}")
+
     def _hand_over_active(self) -> None:
         """Writes our `active` record. One already there belongs to a holder whose lease ran out
         (it died): it goes to the `interrupted` list instead of being overwritten."""

@@ -104,6 +104,8 @@ def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target
             dump = pool.submit(_dump_bytes, repos[layout.DATABASE], chosen.database["id"])
             sizes = {layout.FILES: files.result(), layout.DATABASE: {"dump_bytes": dump.result()}}
         free = media.free_bytes(settings.files_dir)
+        db_bytes = max(sizes[layout.DATABASE]["dump_bytes"], target.size_bytes)
+        db_free, db_where = databases.free_bytes(settings, target)
         expires = datetime.now(timezone.utc) + timedelta(seconds=settings.restore_keep_previous)
         found = {
             "backup": {"backup_id": chosen.id, "time": selection.stamp(chosen.time), "kind": chosen.kind,
@@ -117,10 +119,13 @@ def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target
                 "until": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
             "would_remove": switch.kept_states(settings),
             "space_needed": {
-                "database_bytes": max(sizes[layout.DATABASE]["dump_bytes"], target.size_bytes),
+                "database_bytes": db_bytes,
                 "database_note": f"free on the PostgreSQL server beside {target.name} (about the dump's size plus "
                                  "its indexes; the live database stays until the switch)",
-                "media_bytes": sizes[layout.FILES]["bytes"], "media_free_bytes": free},
+                "database_free_bytes": db_free, "database_free_where": db_where,
+                "database_margin_bytes": databases.load_margin(db_bytes),
+                "media_bytes": sizes[layout.FILES]["bytes"], "media_free_bytes": free,
+                "media_margin_bytes": media.staging_margin(sizes[layout.FILES]["bytes"])},
         }
         entry.update(space_needed=found["space_needed"])
         return found
@@ -212,9 +217,16 @@ def restore_backup(job: Job, request: RestoreRequest, live: switch.LiveHolders) 
     if request.dry_run:
         return {}
     space = job.report["plan"]["space_needed"]
-    if space["media_bytes"] > space["media_free_bytes"]:
+    if space["media_bytes"] + space["media_margin_bytes"] > space["media_free_bytes"]:
         raise JobFailed(f"the media volume {settings.files_dir} has {space['media_free_bytes']} bytes free; staging "
-                        f"the backup's files beside the live ones needs {space['media_bytes']} (nothing was changed)")
+                        f"the backup's files beside the live ones needs {space['media_bytes']} and leaves "
+                        f"{space['media_margin_bytes']} free for the app and the switch (nothing was changed)")
+    if space["database_free_bytes"] is not None and \
+            space["database_bytes"] + space["database_margin_bytes"] > space["database_free_bytes"]:
+        raise JobFailed(f"the PostgreSQL server has {space['database_free_bytes']} bytes free at "
+                        f"{space['database_free_where']}; loading the backup beside {target.name} needs about "
+                        f"{space['database_bytes']} and leaves {space['database_margin_bytes']} free for the live "
+                        "database (nothing was changed)")
     restore_steps.settle_first(job, live)
     ids = media.owner(settings.restore_chown)
     rid = unique_restore_id(settings)

@@ -8,6 +8,7 @@ Both check the same things before touching anything, both settle what a dead job
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from worker import instance
@@ -49,17 +50,68 @@ def settle_first(job: Job, live: switch.LiveHolders) -> None:
 
 
 def down_for(job: Job, kube, names: list[str], what, *, step: str = "switch") -> dict:
-    """quiesce -> what() in its own step -> resume (whatever failed). Records downtime_seconds."""
+    """quiesce -> what() in its own step -> resume. Records downtime_seconds.
+
+    The app resumes only on one whole state: after what() returned (the new state, verified by
+    the switch) or after it failed with no journal left (the old one: nothing switched, or the
+    switch rolled back). When the switch left its journal - it could not tell or make its state
+    whole within switch.SETTLE_WITHIN, PostgreSQL away - the app stays down and the switch is
+    handed to the reconciler, which settles it before it resumes anything. The lease is asked
+    right before the quiesce and right before the switch: a job whose lease another job took
+    (a Redis restart) stops there."""
     down_since = time.monotonic()
+    quiesced = unsettled = False
     try:
+        _lease_held(job, "quiescing the app")
+        quiesced = True
         steps.scale_down(job, kube, names)
         with job.step(step) as entry:
-            done = what()
+            _lease_held(job, "the switch")
+            try:
+                done = what()
+            except Exception as exc:
+                unsettled = _journal_left(job.settings)
+                if unsettled:
+                    raise _left_down(job, names, exc) from None
+                raise
             entry.update(done)
             return done
     finally:
-        job.report["deployments"] = steps.scale_back(job, kube, names)
-        job.report["downtime_seconds"] = round(time.monotonic() - down_since, 3) if names else 0.0
+        if unsettled:
+            job.report["deployments"] = {"left_down": names}
+        elif quiesced:
+            job.report["deployments"] = steps.scale_back(job, kube, names)
+        job.report["downtime_seconds"] = round(time.monotonic() - down_since, 3) if names and quiesced else 0.0
+
+
+def _lease_held(job: Job, before: str) -> None:
+    if job.lease is not None:
+        job.lease.confirm(before)
+
+
+def _journal_left(settings: Settings) -> bool:
+    try:
+        return switch.read_journal(settings) is not None
+    except switch.SwitchError:
+        return True  # unreadable: whole it is not known to be
+
+
+def _left_down(job: Job, names: list[str], cause: Exception) -> JobFailed:
+    """The switch is unsettled: the app stays down and the switch goes to the reconciler. The
+    error says so, and is the job's first."""
+    settings = job.settings
+    try:
+        rid = switch.hand_over(settings)
+    except switch.SwitchError:  # an unreadable journal: nobody's to hand over, settle refuses it by hand
+        rid = None
+    message = (f"the switch of restore {rid or '?'} could not be settled within {switch.SETTLE_WITHIN:.0f}s "
+               f"({cause}), so the app stays down (it would start on half the old, half the restored state); the "
+               f"journal {os.path.join(settings.files_dir, media.JOURNAL)}, the staging folder and the side database "
+               "stay; the reconciler settles the switch once PostgreSQL answers and only then resumes the app "
+               f"({', '.join(names) or 'no deployments'})")
+    job.report["switch_unsettled"] = message
+    log.error("%s", message)
+    return JobFailed(message)
 
 
 def settle_before_resume(settings: Settings, live: switch.LiveHolders) -> dict:
