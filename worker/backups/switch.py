@@ -31,8 +31,8 @@ from typing import Callable
 from worker import instance
 from worker.adapters import databases
 from worker.backups import media, switch_journal
-from worker.backups.switch_journal import (MOVING_IN, MOVING_OUT, NEW, OLD, POSITIONS, VERSION,  # noqa: F401
-                                           SwitchError, SwitchUnsettled)
+from worker.backups.switch_journal import (MOVING_IN, MOVING_OUT, NEW, OLD, VERSION,  # noqa: F401
+                                           SwitchError)
 from worker.pause_points import pause_point
 from worker.settings import Settings
 
