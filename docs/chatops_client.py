@@ -32,6 +32,7 @@ import uuid
 from celery import Celery, signals
 
 STAMP_TTL = 3600.0  # a request not run within the hour is refused
+CONTRACT_VERSION = 1  # docs/chatops.md "Contract version": the task names, kwargs and results spoken here
 
 
 def read_file(path: str) -> str:
@@ -88,7 +89,10 @@ def follow(app: Celery, task_id: str, timeout: float) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # allow_abbrev=False: `--broker URL` (a password on the command line) is refused by name
+    # instead of being taken for --broker-file
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s, chat-ops contract {CONTRACT_VERSION}")
     parser.add_argument("--broker-file", default=os.environ.get("CELERY_BROKER_URL_FILE"),
                         help="file holding the broker URL (default: $CELERY_BROKER_URL_FILE)")
     parser.add_argument("--timeout", type=float, default=6 * 3600)
