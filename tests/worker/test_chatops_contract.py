@@ -37,7 +37,7 @@ def test_the_contract_has_a_version_the_client_and_the_doc_agree_on():
     stated = re.search(r"^Contract version: (\d+)", DOC, re.M)
     assert stated, "docs/chatops.md states no contract version"
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(ROOT / "docs" / "chatops_client.py"), "--version"], env=env,
+    done = subprocess.run([sys.executable, "-m", "worker.chatops_client", "--version"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert CLIENT_VERSION.search(done.stdout).group(1) == stated.group(1)
@@ -50,7 +50,7 @@ def test_the_documented_command_runs_as_written(tmp_path):
     assert "--broker " not in example and "redis://" not in example.split("#")[0], example
     assert re.search(r"CELERY_BROKER_URL_FILE|--broker-file", example), example
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
-    wrong = subprocess.run([sys.executable, str(ROOT / "docs" / "chatops_client.py"), "--broker",
+    wrong = subprocess.run([sys.executable, "-m", "worker.chatops_client", "--broker",
                             "redis://127.0.0.1:1/0", "backup"], env=env, capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
     assert "--broker" in wrong.stderr
