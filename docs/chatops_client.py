@@ -1,135 +1,14 @@
 #!/usr/bin/env python3
-"""A minimal chat-ops client for taiga-backup: it knows only the broker, the public task names
-and the request stamp, uses nothing but `celery` (and `cryptography` to sign), and prints the
-job's JSON result.
+"""Moved: the chat-ops client is the `taiga-backup-chatops` console script (worker/chatops_client.py,
+installed with the package). This file stays so `python docs/chatops_client.py` keeps working
+from a checkout or where taiga-backup is installed."""
 
-    pip install "celery[redis]>=5.7,<5.8" cryptography
-    export CELERY_BROKER_URL_FILE=/run/secrets/broker-url       # redis://:PASSWORD@redis:6379/0
-    export CELERY_SECURITY_KEY_FILE=/run/secrets/bot.key        # when the worker runs signed
-    export CELERY_SECURITY_CERT_FILE=/run/secrets/bot.crt       #   messages only (docs/security.md)
-    export CELERY_SECURITY_CERT_STORE=/run/secrets/trusted/     # certificates of the workers
-    python chatops_client.py backup
-    python chatops_client.py restore --snapshot latest
-    python chatops_client.py restore --before 2024-01-31T12:00:00Z
-
-The broker URL carries a password, so it is read from a file (CELERY_BROKER_URL_FILE or
---broker-file), never from the command line. Every request carries the stamp the worker checks
-when signing is on (`_request` in the signed kwargs: the task it is for, its id, a one-time nonce
-and an expiry), so a captured message can neither be relabelled as another task nor replayed.
-
-Progress goes to stderr as one JSON object per change of state or step; the final outcome goes
-to stdout as one JSON object. Exit status: 0 SUCCESS, 1 FAILURE, 2 bad setup, 3 still running at
---timeout.
-"""
-
-import argparse
-import json
-import os
 import sys
-import time
-import uuid
+from pathlib import Path
 
-from celery import Celery, signals
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # a checkout: the package beside docs/
 
-STAMP_TTL = 600.0  # a request not run within 10 minutes is refused (at most the worker's SIGNED_REQUEST_TTL)
-
-
-def read_file(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
-
-
-def connect(broker: str, backend: str | None, signing: dict | None) -> Celery:
-    app = Celery("taiga-chatops", broker=broker, backend=backend or broker)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    result_accept_content=["json"])
-    if signing:
-        app.conf.update(task_serializer="auth", accept_content=["auth"], security_key=signing["key"],
-                        security_certificate=signing["cert"], security_cert_store=signing["store"],
-                        security_digest="sha256")
-        app.setup_security(allowed_serializers=["json"])  # results stay JSON
-    return app
-
-
-@signals.before_task_publish.connect
-def stamp(body=None, headers=None, **_):
-    """The stamp goes into the kwargs, which the signature covers (headers are not signed)."""
-    kwargs = body[1] if isinstance(body, (tuple, list)) and len(body) > 1 else None
-    if isinstance(kwargs, dict) and headers:
-        kwargs["_request"] = {"task": headers["task"], "id": headers["id"], "nonce": uuid.uuid4().hex,
-                              "expires": time.time() + STAMP_TTL}
-
-
-def follow(app: Celery, task_id: str, timeout: float) -> int:
-    """Polls the result backend: PENDING -> STARTED -> PROGRESS (step, percent) -> SUCCESS/FAILURE."""
-    result = app.AsyncResult(task_id)
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        state, info = result.state, result.info
-        seen = (state, info.get("step"), info.get("percent")) if isinstance(info, dict) else (state,)
-        if seen != last:
-            line = {"task_id": task_id, "state": state}
-            if state == "PROGRESS" and isinstance(info, dict):
-                line.update(step=info.get("step"), percent=info.get("percent"), message=info.get("message"))
-            print(json.dumps(line), file=sys.stderr, flush=True)
-            last = seen
-        if state == "SUCCESS":
-            print(json.dumps(info, sort_keys=True))   # the job's report: docs/chatops.md
-            return 0
-        if state in ("FAILURE", "REVOKED"):
-            # Celery rebuilds the error as an exception; its text is the job's first error
-            print(json.dumps({"task_id": task_id, "state": state, "error": str(info)}))
-            return 1
-        if time.monotonic() > deadline:
-            print(json.dumps({"task_id": task_id, "state": state, "error": "still running, stopped waiting"}))
-            return 3
-        time.sleep(0.5)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker-file", default=os.environ.get("CELERY_BROKER_URL_FILE"),
-                        help="file holding the broker URL (default: $CELERY_BROKER_URL_FILE)")
-    parser.add_argument("--timeout", type=float, default=6 * 3600)
-    sub = parser.add_subparsers(dest="job", required=True)
-    sub.add_parser("backup")
-    restore = sub.add_parser("restore")
-    restore.add_argument("--snapshot", help="latest, a backup id, or a restic snapshot id")
-    restore.add_argument("--before", help="the newest backup at or before this ISO-8601 time")
-    restore.add_argument("--no-safety-backup", action="store_true")
-    args = parser.parse_args(argv)
-
-    if not args.broker_file:
-        print("chatops_client: set CELERY_BROKER_URL_FILE (or --broker-file) to a file holding the broker URL",
-              file=sys.stderr)
-        return 2
-    broker = read_file(args.broker_file)
-    backend_file = os.environ.get("CELERY_RESULT_BACKEND_FILE")
-    backend = read_file(backend_file) if backend_file else None
-    names = ("CELERY_SECURITY_KEY_FILE", "CELERY_SECURITY_CERT_FILE", "CELERY_SECURITY_CERT_STORE")
-    paths = [os.environ.get(name) for name in names]
-    if any(paths) and not all(paths):
-        print("chatops_client: signing needs all of " + ", ".join(names), file=sys.stderr)
-        return 2
-    signing = dict(zip(("key", "cert", "store"), paths)) if all(paths) else None
-    if signing and os.path.isdir(signing["store"]):
-        signing["store"] = os.path.join(signing["store"], "*")  # Celery takes a glob
-
-    if args.job == "backup":
-        name, kwargs = "taiga_backup.backup", {"trigger": "chat"}
-    else:
-        name, kwargs = "taiga_backup.restore", {"trigger": "chat"}
-        if args.snapshot is not None:
-            kwargs["snapshot"] = args.snapshot
-        if args.before is not None:
-            kwargs["before"] = args.before
-        if args.no_safety_backup:
-            kwargs["safety_backup"] = False
-    app = connect(broker, backend, signing)
-    task = app.send_task(name, kwargs=kwargs)
-    return follow(app, task.id, args.timeout)
-
+from worker.chatops_client import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,9 @@
 
 Job commands enqueue a Celery task by its public name - exactly what a chat-ops bot does - and
 print its id; with --wait they follow its progress (a bar on a terminal), print the result (one
-JSON object with --json) and exit 0 only on success.
+JSON object with --json) and exit 0 only on success. Exit statuses are distinct where a script
+acts differently on them: a refusal because another job holds the repository (EXIT_BUSY: try
+later) is not a failed job, and an id nobody knows (EXIT_UNKNOWN) is not a job still queued.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import socket
 import sys
 import time
 
+from worker import lookup
 from worker.jobs import requests
 from worker.settings import read
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNKNOWN, EXIT_BUSY = 0, 1, 2, 3, 4, 5
+# the refusal of a second job: its class (worker.errors.LeaseBusy), or its documented text (a
+# refused backup, which records its refusal as a failed run, ends as a plain JobFailed)
+BUSY_ERROR, BUSY_TEXT = "LeaseBusy", "another taiga-backup job is running on this repository"
 
 # command -> (task name, how to build kwargs from the parsed arguments)
 JOBS = {
@@ -51,23 +57,32 @@ def _settings():
         raise SystemExit(EXIT_USAGE)
 
 
-def _report(settings_or_none, task_id: str) -> dict | None:
-    """Our own report (kept in Redis for failures too), if the job got far enough to write one."""
-    from worker.adapters.redis_store import connect
-    from worker.adapters.redis_store import report_key
+def version() -> str:
+    """The installed package's version; from pyproject.toml when run from a source tree."""
+    from importlib import metadata
 
     try:
-        from worker.settings import Settings
+        return metadata.version("taiga-backup")
+    except metadata.PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
 
-        settings = settings_or_none or Settings.from_env()
-        raw = connect(settings).get(report_key(task_id))
-        return json.loads(raw) if raw else None
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"] if pyproject.exists() else "unknown"
+
+
+def _settings_or_none():
+    from worker.settings import Settings
+
+    try:
+        return Settings.from_env()
     except Exception:
         return None
 
 
 def describe(task_id: str) -> dict:
-    """State of a task in one JSON-able dict: state, progress or result or error."""
+    """State of a task in one JSON-able dict: state, progress or result or error (and `busy`
+    when the error is the refusal of a second job)."""
     from celery.result import AsyncResult
 
     res = AsyncResult(task_id, app=_app())
@@ -78,12 +93,25 @@ def describe(task_id: str) -> dict:
         out["result"] = info
     elif state == "FAILURE":
         out["error"] = str(info) if info is not None else "failed"
-        report = _report(None, task_id)
+        out["busy"] = type(info).__name__ == BUSY_ERROR or out["error"].startswith(BUSY_TEXT)
+        report = lookup.stored_report(_settings_or_none(), task_id)
         if report:
             out["report"] = report
     elif state == "PROGRESS" and isinstance(info, dict):
         out["progress"] = info
     return out
+
+
+def unknown(task_id: str) -> dict | None:
+    """None when the id is a job (worker.lookup's rule); otherwise what to say about it."""
+    from celery.result import AsyncResult
+
+    settings = _settings()
+    if lookup.known(_app(), settings, task_id, lambda: AsyncResult(task_id, app=_app()).state):
+        return None
+    return {"task_id": task_id, "state": lookup.UNKNOWN,
+            "error": f"no job {task_id}: Celery has no state for it, no report is stored under it and no queue "
+                     f"holds it (a mistyped id, another installation's, or older than 30 days)"}
 
 
 def _bar(progress: dict, width: int = 30) -> str:
@@ -96,14 +124,30 @@ def _bar(progress: dict, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}% {step}: {msg}"[:120]
 
 
+def _say_unknown(info: dict, as_json: bool) -> int:
+    print(json.dumps(info, sort_keys=True) if as_json else f"{info['task_id']}: {info['state']}")
+    print(f"taiga-backup: {info['error']}", file=sys.stderr)
+    return EXIT_UNKNOWN
+
+
 def wait(task_id: str, timeout: float | None, as_json: bool) -> int:
+    """Follows a job to its end. A job that stays PENDING while no queue, worker or report knows
+    it (lost with a Redis emptied under it, or never sent) ends the wait with EXIT_UNKNOWN."""
     tty = sys.stderr.isatty() and not as_json
     deadline = None if timeout is None else time.monotonic() + timeout
-    last = None
+    last = missing_since = None
     while True:
         info = describe(task_id)
         if info["state"] in ("SUCCESS", "FAILURE", "REVOKED"):
             break
+        if info["state"] != "PENDING" or lookup.exists(_app(), _settings(), task_id, info["state"]):
+            missing_since = None
+        elif missing_since is None:
+            missing_since = time.monotonic()
+        elif time.monotonic() - missing_since >= lookup.UNKNOWN_AFTER:
+            if tty:
+                print("\r\033[K", end="", file=sys.stderr)
+            return _say_unknown(unknown(task_id) or info, as_json)
         line = _bar(info["progress"]) if "progress" in info else info["state"].lower()
         if line != last:
             if tty:
@@ -121,11 +165,16 @@ def wait(task_id: str, timeout: float | None, as_json: bool) -> int:
     return print_outcome(info, as_json)
 
 
+def exit_status(info: dict) -> int:
+    if info["state"] == "SUCCESS":
+        return EXIT_OK
+    return EXIT_BUSY if info.get("busy") else EXIT_FAILED
+
+
 def print_outcome(info: dict, as_json: bool) -> int:
-    ok = info["state"] == "SUCCESS"
     if as_json:
         print(json.dumps(info, indent=None, sort_keys=True))
-    elif ok:
+    elif info["state"] == "SUCCESS":
         print(json.dumps(info.get("result"), indent=2, sort_keys=True))
     elif info["state"] == "FAILURE":
         print(f"FAILED: {info.get('error')}", file=sys.stderr)
@@ -133,7 +182,7 @@ def print_outcome(info: dict, as_json: bool) -> int:
             print(json.dumps(info["report"], indent=2, sort_keys=True))
     else:
         print(f"{info['task_id']}: {info['state']}")
-    return EXIT_OK if ok else EXIT_FAILED
+    return exit_status(info)
 
 
 def cmd_job(args) -> int:
@@ -150,9 +199,15 @@ def cmd_job(args) -> int:
 
 def cmd_status(args) -> int:
     info = describe(args.task_id)
+    if info["state"] == "PENDING":
+        missing = unknown(args.task_id)
+        if missing:
+            return _say_unknown(missing, args.json)
+    if args.wait:
+        return wait(args.task_id, args.timeout, args.json)
     if args.json:
         print(json.dumps(info, sort_keys=True))
-        return EXIT_OK if info["state"] != "FAILURE" else EXIT_FAILED
+        return EXIT_OK if info["state"] != "FAILURE" else exit_status(info)
     if info["state"] in ("SUCCESS", "FAILURE"):
         return print_outcome(info, False)
     print(f"{info['state']}" + (f"  {_bar(info['progress'])}" if "progress" in info else ""))
@@ -196,6 +251,18 @@ def cmd_snapshots(args) -> int:
 
     return _listing([b.as_dict() for b in list_backups(_settings())], args.json, "no backups yet",
                     f"{'BACKUP ID':<26} {'TIME (UTC)':<21} {'KIND':<12} {'FILES':<10} {'DATABASE':<10} COMPLETE", row)
+
+
+def cmd_jobs(args) -> int:
+    """Recent jobs from the stored reports (worker.lookup.recent_jobs), newest first."""
+    def row(j: dict) -> str:
+        duration = "-" if j["duration_seconds"] is None else f"{j['duration_seconds']:.1f}s"
+        return (f"{(j['started_at'] or '-'):<21} {(j['job'] or '-'):<16} {(j['state'] or '-'):<8} {duration:>9}  "
+                f"{(j['backup_id'] or '-'):<26} {j['task_id']}")
+
+    return _listing(lookup.recent_jobs(_settings(), args.limit), args.json, "no job reports stored (they are kept "
+                    "30 days)", f"{'STARTED (UTC)':<21} {'JOB':<16} {'STATE':<8} {'DURATION':>9}  {'BACKUP ID':<26} "
+                    "TASK ID", row)
 
 
 def cmd_init(args) -> int:
@@ -252,6 +319,7 @@ def cmd_alive(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taiga-backup", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"taiga-backup {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def job(name, help_text):
@@ -280,10 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     job("verify", "restore drill: restore the latest backup to a scratch database and directory, compare")
     job("resume", "scale back every deployment a job left quiesced")
 
-    s = sub.add_parser("status", help="state, progress or result of a job")
+    s = sub.add_parser("status", help="state, progress or result of a job (an unknown id is an error)")
     s.add_argument("task_id")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--wait", action="store_true", help="follow the job and exit non-zero if it fails")
+    s.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after N seconds")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("jobs", help="recent jobs from their stored reports, newest first")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--limit", type=int, default=20, help="at most this many (0: all kept, 30 days)")
+    s.set_defaults(func=cmd_jobs)
 
     s = sub.add_parser("snapshots", help="list backups (pairs of files + database snapshots)")
     s.add_argument("--json", action="store_true")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from worker.errors import OperatorError
-from worker.redact import redact
+from worker.redact import redact, register
 
 _BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
 STDERR_TAIL = 4000
@@ -68,6 +68,28 @@ def child_env(extra: dict | None = None) -> dict:
     for key, value in (extra or {}).items():
         if value is not None:
             env[key] = str(value)
+    return env
+
+
+def passthrough(names: Iterable[str], secrets: Iterable[str] = (), source=None) -> dict:
+    """Variables a child may need from this process's environment (a proxy, a backend's
+    settings): each of `names` that is set, as it is; each of `secrets` read from NAME_FILE into
+    NAME - the child's environment only, never argv - and registered with the redactor. A secret
+    set in plain NAME is refused: a pod's plain variables show in `kubectl describe` and in every
+    child's /proc/<pid>/environ."""
+    source = os.environ if source is None else source
+    env = {name: source[name] for name in names if source.get(name)}
+    for name in secrets:
+        if source.get(name):
+            raise OperatorError(f"{name} is set in plain text: give it as {name}_FILE (a file holding it)")
+        path = source.get(name + "_FILE")
+        if path:
+            try:
+                value = open(path).read().strip("\r\n")
+            except OSError as exc:
+                raise OperatorError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+            register(value)
+            env[name] = value
     return env
 
 
