@@ -4,7 +4,7 @@ stamp, and prints the job's JSON result.
 
 Why it lives in the package: a bot in another namespace installs `taiga-backup` (or its image)
 and runs this console script; nothing to copy out of docs/. It imports only celery and the
-signing stamp (worker.runtime.security.stamp, so the worker and its clients stamp alike) -
+signing stamp (worker.runtime.stamp.stamp, so the worker and its clients stamp alike) -
 never the jobs, the tasks or the worker's Celery app (tests/worker/test_chatops_bot.py checks).
 
     pip install taiga-backup        # or run it in the taiga-backup image
@@ -34,7 +34,7 @@ import time
 
 from celery import Celery, signals
 
-from worker.runtime.security import stamp as add_stamp
+from worker.runtime.stamp import stamp as add_stamp
 
 STAMP_TTL = 600.0  # a request not run within ten minutes is refused (at most the worker's SIGNED_REQUEST_TTL)
 CONTRACT_VERSION = 1  # docs/chatops.md "Contract version": the task names, kwargs and results spoken here

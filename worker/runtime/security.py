@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
-from datetime import datetime, timezone
 
 from celery import Task
 from celery.worker.consumer import Consumer
@@ -27,6 +25,7 @@ from worker.adapters import redis_store
 from worker.backups import media
 from worker.errors import RequestInvalid
 from worker.runtime.nonces import NONCE, NonceFiles, NonceStoreError
+from worker.runtime.stamp import STAMP, stamp  # noqa: F401 (stamp: the signal handler's, and clients')
 from worker.settings import broker_urls, read, redis_tls, signing
 
 log = logging.getLogger("taiga_backup.security")
@@ -85,35 +84,11 @@ def configure(app, env, broker: str, backend: str) -> None:
 # message relabelled as another task, or sent again, is refused before any task code runs.
 # "Once" is kept in files on a volume of the worker (worker.runtime.nonces), not only in Redis:
 # a Redis restart, or anyone who can write to Redis, must not make a recorded request new again.
-STAMP = "_request"
 CLOCK_SKEW = 60.0  # seconds a signer's clock may run ahead of the worker's
 
 
 class RequestRefused(RequestInvalid):
     """A signed message that is not a valid request for this task (relabelled, replayed, expired)."""
-
-
-def stamp(body, headers: dict, ttl: float) -> None:
-    """Adds the stamp to a message about to be published (before_task_publish). A re-published
-    message (a retry) gets a fresh one. The lifetime starts at the message's eta when it has one:
-    a scheduled job that found the repository busy comes back after up to 5 minutes
-    (worker.jobs.job.busy_countdown), and must still be valid then however short the TTL."""
-    kwargs = body[1] if isinstance(body, (tuple, list)) and len(body) > 1 else None
-    if isinstance(kwargs, dict) and headers and headers.get("task"):
-        start = max(time.time(), _eta(headers.get("eta")))
-        kwargs[STAMP] = {"task": headers["task"], "id": headers.get("id"), "nonce": uuid.uuid4().hex,
-                         "expires": round(start + ttl, 3)}
-
-
-def _eta(value) -> float:
-    """Celery's `eta` header (ISO 8601, UTC: the app runs with enable_utc) as Unix time; 0 without."""
-    if not isinstance(value, str):
-        return 0.0
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return 0.0
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _refuse(task, why: str):
