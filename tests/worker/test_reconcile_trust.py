@@ -46,3 +46,68 @@ def test_quiescing_an_already_quiesced_deployment_names_the_new_job_and_keeps_th
     assert app_at_zero(site)
     assert kube.for_job("live-job").resume(NAMES, 30) == BACKUP_DEPLOYMENTS
     assert app_back(site)
+
+
+def _quiesced_by_a_running_backup(site, celery_client):
+    """A backup held in its quiesced window: the pods take long to stop, so its quiesce link waits
+    with the deployments annotated and at 0."""
+    task = celery_client.send_task("taiga_backup.backup")
+    wait_until(lambda: all(ANNOTATION in site.kube.annotations(NAMESPACE, name) for name in NAMES), 60,
+               "the deployments to be quiesced")
+    return task
+
+
+@pytest.mark.slow
+def test_a_forged_result_and_a_deleted_lease_do_not_resume_the_app_under_a_running_backup(
+        repos, start_worker, celery_client, monkeypatch):
+    """Someone who can write to Redis marks the running backup SUCCESS (its celery-task-meta key
+    and our report) and deletes the lease. The reconcile asks the worker named on the
+    deployments, which answers that the job still runs: the app stays down until the backup's
+    own resume, and the backup is the whole, good backup it reports."""
+    site = repos
+    start_worker(JOB_LOCK_LEASE=120)  # renewed every 40 s: the reconcile below finds the lease free
+    monkeypatch.setattr(site.kube, "pod_stop_delay", 10.0)
+    task = _quiesced_by_a_running_backup(site, celery_client)
+    client = redis_connect(site.settings())
+    celery_client.backend.mark_as_done(task.id, {"state": "SUCCESS"})  # forged
+    client.set(f"taiga-backup:report:{task.id}", json.dumps({"state": "SUCCESS", "task_id": task.id}))
+    client.delete(JobLock(client, str(site.repo)).key)
+
+    reconcile = celery_client.send_task("taiga_backup.reconcile").get(timeout=60)
+    assert reconcile.get("state") == "ok" and not reconcile.get("resumed"), reconcile
+    assert app_at_zero(site), "the app was resumed inside the backup's quiesced window"
+    assert all(holders(site)[name][1] == task.id for name in NAMES)
+
+    monkeypatch.setattr(site.kube, "pod_stop_delay", 0.6)
+    wait_until(lambda: json.loads(client.get(f"taiga-backup:report:{task.id}")).get("finished_at"), 120,
+               "the backup to end", interval=0.5)
+    report = json.loads(client.get(f"taiga-backup:report:{task.id}"))
+    assert report["state"] == "SUCCESS" and report["backup_complete"] is True, report
+    assert snapshot_ids(site, "files") == [report["snapshots"]["files"]]
+    assert snapshot_ids(site, "pg-database") == [report["snapshots"]["pg-database"]]
+    assert app_back(site)
+    assert [r for _, r in site.kube.history(NAMESPACE, NAMES[0])] == [1, 0, 1]  # up once: by the backup
+
+
+@pytest.mark.slow
+def test_the_app_is_back_within_10_s_of_a_new_worker_after_the_pod_died_mid_backup(
+        repos, start_worker, celery_client, monkeypatch, record_property):
+    """The worker and every child SIGKILLed with the app down (the production lease, 30 s, still
+    held by the dead job): the new worker's start-up reconcile sees that the process named on the
+    deployments does not answer and brings the app back at once."""
+    site = repos
+    monkeypatch.setattr(site.kube, "pod_stop_delay", 60.0)
+    first = start_worker(JOB_LOCK_LEASE=30)
+    task = _quiesced_by_a_running_backup(site, celery_client)
+    first.kill()
+    monkeypatch.setattr(site.kube, "pod_stop_delay", 0.6)
+    t0 = time.monotonic()
+    start_worker(JOB_LOCK_LEASE=30)
+    wait_until(lambda: app_back(site), 60, "the app resumed by the new worker", interval=0.1)
+    seconds = round(time.monotonic() - t0, 1)
+    record_property("app_back_seconds", seconds)
+    print(f"app back {seconds} s after the new worker was started")
+    assert seconds <= 10, f"the app came back {seconds} s after the new worker started"
+    # the dead job is still settled, once its lease has run out
+    wait_until(lambda: AsyncResult(task.id, app=celery_client).state == "FAILURE", 60, "the job marked FAILURE")
+    assert snapshot_ids(site, "pg-database") == []
