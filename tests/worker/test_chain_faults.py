@@ -8,43 +8,18 @@ restic, the Kubernetes API double."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 
 import pytest
-from celery.result import AsyncResult
 
+from testkit.chain_checks import REPOS, latest, received, report_of, snapshots, tagged_with
 from testkit.faults import app_at_zero, app_back, dump_blocked, wait_until
 from testkit.scenarios import BACKUP_CHAIN, hold_table_lock, run_backup
-from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
+from testkit.site import BACKUP_DEPLOYMENTS
 from worker.adapters.redis_store import connect as redis_connect
 from worker.backups import catalog
 from worker.jobs.lease import JobLock
-
-REPOS = ("files", "pg-database")
-
-
-def snapshots(site, repo: str) -> list[dict]:
-    return json.loads(site.restic(repo, "snapshots", "--json", "--no-lock").stdout or b"[]") or []
-
-
-def tagged_with(site, backup_id: str) -> dict[str, list[str]]:
-    """Every snapshot carrying the backup's id or its pre-pass's tag, per repository."""
-    ours = {catalog.ID_TAG + backup_id, catalog.PREPASS_OF_TAG + backup_id}
-    return {repo: [s["id"] for s in snapshots(site, repo) if ours & set(s.get("tags") or [])] for repo in REPOS}
-
-
-def latest(site, repo: str) -> str | None:
-    """`restic snapshots latest`, as the old procedure restores it."""
-    docs = json.loads(site.restic(repo, "snapshots", "--json", "--no-lock", "latest").stdout or b"[]") or []
-    return docs[0]["id"] if docs else None
-
-
-def report_of(site, task_id: str) -> dict:
-    raw = redis_connect(site.settings()).get(f"taiga-backup:report:{task_id}")
-    return json.loads(raw) if raw else {}
-
 
 def ended(site, task_id: str) -> dict:
     return wait_until(lambda: (lambda r: r if r.get("finished_at") else None)(report_of(site, task_id)), 120,
@@ -73,7 +48,7 @@ def test_a_lease_lost_while_the_dump_streams_does_not_keep_the_app_down_for_the_
         other = json.dumps({"kind": "restore", "task_id": "other-job", "host": "elsewhere", "since": "now",
                             "token": "x"})
         client.set(lease.key, other, ex=300)
-        wait_until(lambda: "taiga_backup.finish" in _received(site), 60, "the last link waiting for the dump")
+        wait_until(lambda: "taiga_backup.finish" in received(site), 60, "the last link waiting for the dump")
         reconcile = celery_client.send_task("taiga_backup.reconcile").get(timeout=60)
         assert set(reconcile.get("resumed") or {}) == set(BACKUP_DEPLOYMENTS), reconcile
         assert app_back(site) and dump_blocked(site), "the app must be back while the dump still waits"
@@ -85,12 +60,6 @@ def test_a_lease_lost_while_the_dump_streams_does_not_keep_the_app_down_for_the_
     assert tagged_with(site, report["backup_id"]) == {repo: [] for repo in REPOS}
     assert client.get(lease.key) == other.encode()  # the other job's lease is not released
     assert app_back(site)
-
-
-def _received(site) -> str:
-    """The chain's links the worker has received so far, from its log."""
-    logs = sorted(site.root.glob("worker-*.log"))
-    return " ".join(re.findall(r"(taiga_backup\.\w+)\[[^\]]+\] received", logs[-1].read_text(errors="replace")))
 
 
 def _restic_running(worker, command: bytes) -> bool:
@@ -155,3 +124,55 @@ def test_a_retag_that_saved_the_new_snapshot_but_not_removed_the_old_leaves_no_h
     assert latest(site, "files") == good["snapshots"]["files"]
     assert latest(site, "pg-database") == good["snapshots"]["pg-database"]
     assert app_back(site)
+
+
+def _whole_or_nothing(site) -> str:
+    """The repositories (fresh for the test) hold one whole backup - a database snapshot and a
+    media snapshot with the same backup id, and `latest` of each is that pair - or nothing at all
+    (not even a pre-pass the old procedure would take for `latest`)."""
+    files, database = snapshots(site, "files"), snapshots(site, "pg-database")
+    if not files and not database:
+        return "nothing"
+    ids = {repo: {t for s in docs for t in s.get("tags") or [] if t.startswith(catalog.ID_TAG)}
+           for repo, docs in (("files", files), ("pg-database", database))}
+    assert len(files) == len(database) == 1 and ids["files"] == ids["pg-database"] and len(ids["files"]) == 1, \
+        (files, database)
+    assert catalog.PREPASS_TAG not in (files[0].get("tags") or [])
+    assert latest(site, "files") == files[0]["id"] and latest(site, "pg-database") == database[0]["id"]
+    return "whole"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("link", [name.removeprefix("taiga_backup.") for name in BACKUP_CHAIN])
+def test_redis_restarted_empty_at_each_link_leaves_the_app_up_and_a_whole_backup_or_nothing(
+        link, repos, start_worker, celery_client, record_property):
+    """Redis (no persistence: the broker, the results, the lease and our records) restarts empty
+    the moment the worker receives the link. The chain may go on (the link's next message is
+    sent after the restart) or break (a message lost with Redis): either way the app is back
+    within the reconcile period (run here as beat would, every few seconds) and the repositories
+    hold the whole backup or nothing of it."""
+    site = repos
+    worker = start_worker(JOB_LOCK_LEASE=5)
+    task = celery_client.send_task("taiga_backup.backup")
+    wait_until(lambda: f"taiga_backup.{link}" in received(site), 60, f"the {link} link", interval=0.005)
+    site.redis_server.restart()
+    t0 = time.monotonic()
+    deadline = t0 + 60
+    while time.monotonic() < deadline:
+        if report_of(site, task.id).get("finished_at") and app_back(site):
+            break
+        if time.monotonic() - t0 > 15:  # beat's reconcile, for a chain that broke
+            try:
+                celery_client.send_task("taiga_backup.reconcile").get(timeout=30)
+            except Exception as exc:  # the client's pooled connection from before the restart
+                print(f"reconcile: {exc!r}")
+        time.sleep(0.5)
+    assert app_back(site), f"the app is not back after a Redis restart at {link}:\n{worker.output()[-3000:]}"
+    record_property("app_back_seconds", round(time.monotonic() - t0, 1))
+    outcome = _whole_or_nothing(site)
+    report = report_of(site, task.id)
+    print(f"redis restarted at {link}: {outcome}; report {report.get('state')} {report.get('error')}")
+    if report.get("state") == "SUCCESS":
+        assert outcome == "whole"
+    elif report:
+        assert outcome == "nothing", report

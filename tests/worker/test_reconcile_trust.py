@@ -11,6 +11,7 @@ import time
 import pytest
 from celery.result import AsyncResult
 
+from testkit.chain_checks import received, tagged_with
 from testkit.faults import ANNOTATION, app_at_zero, app_back, snapshot_ids, wait_until
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
 from worker import instance
@@ -111,3 +112,30 @@ def test_the_app_is_back_within_10_s_of_a_new_worker_after_the_pod_died_mid_back
     # the dead job is still settled, once its lease has run out
     wait_until(lambda: AsyncResult(task.id, app=celery_client).state == "FAILURE", 60, "the job marked FAILURE")
     assert snapshot_ids(site, "pg-database") == []
+
+
+@pytest.mark.slow
+def test_a_backup_whose_app_was_brought_up_inside_its_quiesced_window_is_not_reported_good(
+        repos, start_worker, celery_client):
+    """While the quiesced media pass runs, someone scales the app back up by hand and removes
+    the annotation (the operator's `taiga_backup.resume` is refused while a job holds the lease):
+    the media snapshot may now hold writes made after the database's point. The backup's resume finds the deployments no longer
+    held down by it: the job fails and what it made is forgotten."""
+    site = repos
+    start_worker()
+    task = celery_client.send_task("taiga_backup.backup")
+    wait_until(lambda: app_at_zero(site), 60, "the app quiesced")
+    with open(site.media / "big-sparse.bin", "wb") as f:  # the quiesced pass takes a few seconds on it
+        f.truncate(1024 ** 3)
+    wait_until(lambda: "taiga_backup.restic_backup" in received(site), 60, "the quiesced media pass",
+               interval=0.01)
+    steps.kube_in(site.settings()).resume(NAMES, 30)  # by hand, as with kubectl scale and annotate
+    assert app_back(site)
+    client = redis_connect(site.settings())
+    wait_until(lambda: (json.loads(client.get(f"taiga-backup:report:{task.id}") or b"{}")).get("finished_at"), 120,
+               "the backup to end", interval=0.5)
+    report = json.loads(client.get(f"taiga-backup:report:{task.id}"))
+    assert report["state"] == "FAILURE" and report["backup_complete"] is False, report
+    assert "quiesced_window" in report["error"], report["error"]
+    assert tagged_with(site, report["backup_id"]) == {"files": [], "pg-database": []}
+    assert app_back(site)

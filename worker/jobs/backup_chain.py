@@ -15,7 +15,7 @@ import time
 
 from worker.adapters.redis_store import connect as redis_connect, report_key
 from worker.errors import OperatorError
-from worker.jobs import backup_flow, requests, steps
+from worker.jobs import backup_flow, backup_guard, requests, steps
 from worker.jobs.backup_context import BackupContext
 from worker.jobs.job import Job, end_job, load_settings
 from worker.jobs.lease import JobLock, LeaseLost
@@ -133,7 +133,7 @@ def run_abort(task, doc: dict, failure: str) -> dict | None:
         names = list(settings.quiesce_deployments)  # only what this job holds down
         steps.scale_back(job, steps.kube_for(job).for_job(job.task_id) if names else None, names)
     backup_flow.join_all(job, ctx)  # a dump still streaming ends (or fails) before anything is forgotten
-    backup_flow.forget_backup(job)
+    backup_guard.forget_backup(job)
     return _ended(job)
 
 

@@ -34,8 +34,7 @@ from worker.adapters.redis_store import connect as redis_connect, last_report_ke
 from worker.adapters.restic import ResticError
 from worker.backups import catalog, layout, restic_locks, tree_state
 from worker.backups.backup_eta import BackupEta
-from worker.errors import OperatorError
-from worker.jobs import steps
+from worker.jobs import backup_guard, steps
 from worker.jobs.backup_context import BackupContext
 from worker.jobs.held import hold, join_held
 from worker.jobs.job import Job
@@ -289,22 +288,9 @@ def resume(job: Job, ctx: BackupContext) -> None:
         return
     kube = _kube(job, ctx)
     if kube is not None and not _skip(job, ctx):
-        _check_window(job, kube, ctx.names)
+        backup_guard.check_window(job, kube, ctx.names)
     ctx.deployments = steps.scale_back(job, kube.for_job(job.task_id) if kube is not None else None, ctx.names)
     ctx.downtime_seconds = round(time.time() - ctx.down_since, 3) if ctx.names else 0.0
-
-
-def _check_window(job: Job, kube, names: list[str]) -> None:
-    try:
-        held = kube.holders(names)
-    except Exception as exc:
-        job.fail("quiesced_window", exc)
-        return
-    up = sorted(name for name in names if (held.get(name) or {}).get("job") != job.task_id)
-    if up:
-        job.fail("quiesced_window", OperatorError(
-            f"{', '.join(up)} no longer held down by this backup before its snapshots were done (scaled up "
-            f"or quiesced by someone else): the backup would not be one point in time"))
 
 
 def _wait_for_dump(job: Job, ctx: BackupContext) -> None:
@@ -359,8 +345,8 @@ def finish(job: Job, ctx: BackupContext) -> dict:
     """Waits for the dump, completes the report and decides what the snapshots are worth: a
     backup whose only failure is a slow resume is complete and kept (the report says what did
     not come back); any other failure forgets what carries this backup's tags, pre-pass
-    included (forget_backup) - after a lost lease too, since nothing of another job's carries
-    them. The media side has been tidied since the quiesced pass ended."""
+    included (backup_guard.forget_backup) - after a lost lease too, since nothing of another
+    job's carries them. The media side has been tidied since the quiesced pass ended."""
     join_all(job, ctx)
     results = ctx.results
     resume_error = (job.report["steps"].get("resume") or {}).get("error")
@@ -380,30 +366,9 @@ def finish(job: Job, ctx: BackupContext) -> dict:
     if job.errors and keep:
         report["not_back"] = resume_error
     elif job.errors:
-        forget_backup(job)
+        backup_guard.forget_backup(job)
     job.report.update(report)
     return report
-
-
-def forget_backup(job: Job) -> None:
-    """Everything this backup made, found by its own tags in both repositories - the backup's
-    `backup-id=` and its pre-pass's `prepass-of=` - and forgotten (finish and the chain's
-    errback both): not only the snapshots whose ids the job learned, but one a `restic tag`
-    saved without removing the old, or a truncated dump whose own forget failed, which would
-    else be the old procedure's `latest`. Only snapshots tagged with this backup's id: after a
-    lost lease too, another job's are never touched."""
-    backup_id = job.report.get("backup_id")
-    if not backup_id:
-        return
-    ours = {catalog.ID_TAG + backup_id, catalog.PREPASS_OF_TAG + backup_id}
-    made: dict = {}
-    try:
-        for name, repo in layout.both(job.settings).items():
-            made[name] = [s["id"] for s in repo.snapshots(timeout=job.settings.discard_timeout)
-                          if ours & set(s.get("tags") or [])]
-    except Exception as exc:
-        job.fail("discard", exc)
-    steps.discard(job, made)
 
 
 # -- the whole backup in one process ------------------------------------------------------------

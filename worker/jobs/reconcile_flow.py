@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from worker import redact
+from worker import instance, redact
 from worker.adapters.redis_store import connect as redis_connect, report_key
 from worker.backups import catalog, layout, switch
 from worker.errors import JobFailed
@@ -102,7 +102,8 @@ def mark_interrupted(settings: Settings, celery: CeleryView, active: dict) -> st
 
 def resume_abandoned(settings: Settings, kube, jobs: Callable[[], dict[str, set[str]]], names: list[str]) -> dict:
     """Resumes the deployments whose quiescing job no longer runs in the process named on them
-    (`jobs()`: what the live processes answer; a process that does not answer is gone). Judged by
+    (`jobs()`: what the live processes answer; a process that does not answer is gone - as long
+    as this one, which runs the reconcile, answered: else nobody's silence means anything). Judged by
     what the Kubernetes API and the live workers say only, and each resume conditioned on the
     annotation still naming that job (a job that quiesced in between keeps the app down).
     Returns what it resumed and what it left to a job still running."""
@@ -110,6 +111,9 @@ def resume_abandoned(settings: Settings, kube, jobs: Callable[[], dict[str, set[
     if not holders:
         return {}
     live = jobs()
+    if instance.holder() not in live:  # the broadcast did not get through (Redis restarting)
+        raise JobFailed("the live workers could not be asked (not even this one answered): nothing was resumed; "
+                        "the next reconcile asks again")
     running = {name: h["job"] for name, h in holders.items() if h.get("job") in live.get(h.get("holder"), ())}
     out = {}
     if running:
