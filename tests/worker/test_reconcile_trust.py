@@ -11,7 +11,7 @@ import time
 import pytest
 from celery.result import AsyncResult
 
-from testkit.chain_checks import received, tagged_with
+from testkit.chain_checks import received, snapshots, tagged_with
 from testkit.faults import ANNOTATION, app_at_zero, app_back, snapshot_ids, wait_until
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
 from worker import instance
@@ -139,3 +139,36 @@ def test_a_backup_whose_app_was_brought_up_inside_its_quiesced_window_is_not_rep
     assert "quiesced_window" in report["error"], report["error"]
     assert tagged_with(site, report["backup_id"]) == {"files": [], "pg-database": []}
     assert app_back(site)
+
+
+@pytest.mark.slow
+def test_a_forged_success_of_a_dead_backup_does_not_keep_its_half_backup(repos, start_worker, celery_client):
+    """The worker dies while the dump streams (the quiesced media pass is saved, the dump is
+    not); someone marks the dead backup SUCCESS in Redis. The reconcile that settles it after its
+    lease has run out still forgets its half: `latest` of the media is not half a backup."""
+    from testkit.faults import dump_blocked
+    from testkit.scenarios import hold_table_lock
+
+    site = repos
+    first = start_worker(JOB_LOCK_LEASE=5)
+    lock = hold_table_lock(site)
+    try:
+        task = celery_client.send_task("taiga_backup.backup")
+        wait_until(lambda: dump_blocked(site), 60, "pg_dump waiting on the table lock")
+        wait_until(lambda: [s for s in snapshot_ids(site, "files")
+                            if s not in tagged_prepasses(site)], 60, "the quiesced media pass")
+        first.kill()
+    finally:
+        lock.execute("rollback")
+        lock.close()
+    backup_id = next(t.removeprefix("backup-id=") for s in snapshots(site, "files") for t in s.get("tags") or []
+                     if t.startswith("backup-id="))
+    celery_client.backend.mark_as_done(task.id, {"state": "SUCCESS", "backup_id": backup_id})  # forged
+    start_worker(JOB_LOCK_LEASE=5)  # its second start-up reconcile comes once the dead lease ran out
+    wait_until(lambda: tagged_with(site, backup_id) == {"files": [], "pg-database": []}, 60,
+               "the dead backup's half forgotten", interval=0.5)
+    assert app_back(site)
+
+
+def tagged_prepasses(site) -> set[str]:
+    return {s["id"] for s in snapshots(site, "files") if "taiga-backup-prepass" in (s.get("tags") or [])}

@@ -79,9 +79,15 @@ def settle_backup(settings: Settings, active: dict) -> tuple[Job, str]:
 
 def mark_interrupted(settings: Settings, celery: CeleryView, active: dict) -> str | None:
     """Marks a job whose worker died FAILURE (Celery state and our report) and settles what it
-    made. None when the job had in fact finished."""
+    made. None when the job had in fact finished - as its result key says, which anyone who can
+    write to Redis can forge: what it made is settled all the same (a finished job's complete
+    pair stays, and a failed one left nothing of its own)."""
     task_id = active.get("task_id")
     if task_id and _finished(settings, celery, task_id):
+        try:
+            settle_backup(settings, active)
+        except Exception as exc:
+            log.warning("reconcile: could not settle what finished job %s made: %s", task_id, exc)
         return None
     try:
         cleanup, outcome = settle_backup(settings, active)
