@@ -26,7 +26,8 @@ def _mark_failed(task_id: str, exc: Exception) -> None:
     app.backend.mark_as_failure(task_id, exc)  # Celery keeps a backend per thread: the caller's
 
 
-CELERY = reconcile_flow.CeleryView(ended=_ended, mark_failed=_mark_failed, live=partial(control.live_holders, app))
+CELERY = reconcile_flow.CeleryView(ended=_ended, mark_failed=_mark_failed, live=partial(control.live_holders, app),
+                                   jobs=partial(control.live_jobs, app))
 
 
 @app.task(bind=True, name=requests.RECONCILE)

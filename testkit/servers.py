@@ -78,6 +78,12 @@ class RedisServer:
         _end(self.proc, kill=False)
         self.proc = None
 
+    def restart(self) -> "RedisServer":
+        """Stopped and started again on the same port, empty (no persistence): what a Redis pod
+        without a volume does when it restarts."""
+        self.stop()
+        return self.start()
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -37,6 +37,10 @@ class KubeError(OperatorError):
     """A Kubernetes problem phrased for an operator."""
 
 
+class Conflict(KubeError):
+    """The object changed between our read and our write (its resourceVersion moved on)."""
+
+
 def _verb_resource(call: str) -> tuple[str, str]:
     return {
         "read_namespaced_deployment": ("get", "deployments"),
@@ -58,7 +62,9 @@ class Kube:
         self.apps = client.AppsV1Api(self._client)
         self.core = client.CoreV1Api(self._client)
 
-    def _call(self, call: str, name: str | None, *args, attempts: int = 5, **kwargs):
+    def _call(self, call: str, name: str | None, *args, attempts: int = 5, conflict: bool = False, **kwargs):
+        """`conflict`: a 409 is the answer to a resourceVersion precondition (raised as Conflict,
+        never retried with the same, outdated version)."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -70,6 +76,8 @@ class Kube:
             except ApiException as exc:
                 verb, resource = _verb_resource(call)
                 target = f"{resource}/{name}" if name else resource
+                if conflict and exc.status == 409:
+                    raise Conflict(f"{target} changed since it was read") from None
                 if exc.status in RETRY_STATUSES and attempt < attempts:
                     log.warning("kubernetes %s %s: HTTP %s, retrying", verb, target, exc.status)
                     time.sleep(delay)
@@ -133,11 +141,13 @@ class Kube:
             scale = self._call("read_namespaced_deployment_scale", name, name, self.namespace)
             current = int(scale.spec.replicas or 0)
             previous = self.recorded([name]).get(name)
-            if previous is None:
-                self._call("patch_namespaced_deployment", name, name, self.namespace,
-                           {"metadata": {"annotations": {ANNOTATION: str(current), ANNOTATION_JOB: job_id or "-",
-                                                         ANNOTATION_HOLDER: instance.holder()}}})
-            # else an earlier job crashed after scaling down: the annotation holds the truth
+            # an earlier job that crashed after scaling down left its annotation: its count is the
+            # truth and stays, but the annotation names this job and process from now on - it is
+            # this job that holds the app down, and a reconciler judges by who is named there
+            self._call("patch_namespaced_deployment", name, name, self.namespace,
+                       {"metadata": {"annotations": {ANNOTATION: str(current if previous is None else previous),
+                                                     ANNOTATION_JOB: job_id or "-",
+                                                     ANNOTATION_HOLDER: instance.holder()}}})
             if current != 0:
                 self._call("patch_namespaced_deployment_scale", name, name, self.namespace, {"spec": {"replicas": 0}})
             count = current if previous is None else previous
@@ -163,23 +173,32 @@ class Kube:
         return recorded
 
     # -- resume -----------------------------------------------------------------------------
+    def for_job(self, job_id: str) -> "Kube":
+        """This client, resuming only the deployments whose annotation names `job_id`: a job
+        brings back what it holds down itself, never what another job quiesced since."""
+        view = Kube.__new__(Kube)
+        view.__dict__.update(self.__dict__, _only_job=job_id)
+        return view
+
     def resume(self, names: list[str], timeout: float,
-               on_progress: Callable[[str], None] | None = None) -> dict[str, int]:
+               on_progress: Callable[[str], None] | None = None,
+               expect: dict[str, str | None] | None = None) -> dict[str, int]:
         """Scales every annotated deployment back to its recorded count, removes the annotation
         (only after the scale-up, so a crash in between is repaired by the next resume) and waits
         until the pods are available. Every deployment at once, each tried even if another
-        fails."""
+        fails. `expect` (or for_job): only a deployment whose annotation still names that job is
+        touched, checked in the same read the scale-up is conditioned on (resourceVersion): a job
+        that quiesced it in between keeps it down."""
+        only = getattr(self, "_only_job", None)
+        if expect is None and only is not None:
+            expect = {name: only for name in names}
+
         def up(name: str) -> int | None:
-            target = self.recorded([name]).get(name)
-            if target is None:
-                return None
-            self._call("patch_namespaced_deployment_scale", name, name, self.namespace,
-                       {"spec": {"replicas": target}})
-            self._call("patch_namespaced_deployment", name, name, self.namespace,
-                       {"metadata": {"annotations": {ANNOTATION: None, ANNOTATION_JOB: None,
-                                                     ANNOTATION_HOLDER: None}}})
-            log.info("resume: %s scaled back to %d", name, target)
-            return target
+            for _ in range(10):
+                done = self._up_if(name, expect)
+                if done is not Conflict:
+                    return done
+            raise KubeError(f"deployments/{name} kept changing while it was resumed")
 
         done, errors = _at_once(names, up)
         restored = {name: target for name, target in done.items() if target is not None}
@@ -199,6 +218,49 @@ class Kube:
         if errors:
             raise KubeError("; ".join(errors))
         return restored
+
+    def _up_if(self, name: str, expect: dict | None):
+        """One try of resume's scale-up: the recorded count, None when there is nothing (of the
+        expected job) to resume, Conflict when the deployment changed under us."""
+        dep = self._call("read_namespaced_deployment", name, name, self.namespace)
+        notes = dep.metadata.annotations or {}
+        if ANNOTATION not in notes or (expect is not None and notes.get(ANNOTATION_JOB) != expect.get(name)):
+            return None
+        try:
+            target = int(notes[ANNOTATION])
+        except ValueError:
+            log.error("deployment %s has an unreadable %s annotation %r", name, ANNOTATION, notes[ANNOTATION])
+            return None
+        try:
+            scale = self._call("patch_namespaced_deployment_scale", name, name, self.namespace,
+                               {"metadata": {"resourceVersion": dep.metadata.resource_version},
+                                "spec": {"replicas": target}}, conflict=True)
+        except Conflict:
+            return Conflict
+        self._unannotate(name, scale.metadata.resource_version, notes)
+        log.info("resume: %s scaled back to %d", name, target)
+        return target
+
+    def _unannotate(self, name: str, version: str, notes: dict) -> None:
+        """Removes our annotation after the scale-up, as long as it is still the one read
+        (`notes`): the deployment may change (its status) in between, but a job that quiesced it
+        again since keeps its own annotation - and its hold on the app."""
+        mine = {key: notes.get(key) for key in (ANNOTATION_JOB, ANNOTATION_HOLDER)}
+        for _ in range(10):
+            try:
+                self._call("patch_namespaced_deployment", name, name, self.namespace,
+                           {"metadata": {"resourceVersion": version,
+                                         "annotations": {ANNOTATION: None, ANNOTATION_JOB: None,
+                                                         ANNOTATION_HOLDER: None}}}, conflict=True)
+                return
+            except Conflict:
+                dep = self._call("read_namespaced_deployment", name, name, self.namespace)
+                now = dep.metadata.annotations or {}
+                if ANNOTATION not in now or {key: now.get(key) for key in mine} != mine:
+                    log.info("resume: %s was quiesced again by another job meanwhile", name)
+                    return
+                version = dep.metadata.resource_version
+        raise KubeError(f"deployments/{name} kept changing while its annotation was removed")
 
 
 def _at_once(names: list[str], fn) -> tuple[dict, list[str]]:

@@ -11,11 +11,11 @@ tasks/resume.py) are thin faces over these functions.
 from __future__ import annotations
 
 import json
+import time
 
 from worker.adapters.redis_store import connect as redis_connect, report_key
-from worker.backups import catalog, layout
 from worker.errors import OperatorError
-from worker.jobs import backup_flow, requests, steps
+from worker.jobs import backup_flow, backup_guard, requests, steps
 from worker.jobs.backup_context import BackupContext
 from worker.jobs.job import Job, end_job, load_settings
 from worker.jobs.lease import JobLock, LeaseLost
@@ -29,6 +29,25 @@ ORDER = (*LINKS, FINISH)
 
 # the job's lease in this process, renewed from one link to the next (JobLock.pause(grace))
 _LEASES: dict[str, JobLock] = {}
+# until when each job counts as running here between its links: its lease's grace (None while a
+# link runs); a chain whose next link never came is over once that has passed
+_UNTIL: dict[str, float | None] = {}
+
+
+def running_jobs() -> set[str]:
+    """The backups whose chain goes on in this process, holding its lease: a link runs, or the
+    next one is awaited within the lease's grace - what this worker answers the reconciler
+    (worker.runtime.control). A job that lost its lease is not among them, even while its last
+    link waits for the dump: what it held down is the reconciler's to resume."""
+    now = time.monotonic()
+    return {task_id for task_id, until in list(_UNTIL.items())
+            if task_id in _LEASES and (until is None or now < until)}
+
+
+def _pause(job: Job) -> None:
+    """The link is over: the lease goes on being renewed for its grace, for the next link."""
+    _UNTIL[job.task_id] = time.monotonic() + job.settings.lock_lease_seconds
+    job.lease.pause(grace=job.settings.lock_lease_seconds)
 
 is_context = BackupContext.accepts
 
@@ -45,9 +64,11 @@ def _link_job(task, ctx: BackupContext, name: str) -> Job:
     try:
         lock.adopt(ctx.lease)
         job.lease = _LEASES[job.task_id] = lock
+        _UNTIL[job.task_id] = None
     except LeaseLost as exc:
         lock.pause()
         _LEASES.pop(job.task_id, None)
+        _UNTIL.pop(job.task_id, None)
         ctx.lost = True
         job.fail(name.removeprefix(requests.PREFIX), exc)
     return job
@@ -62,7 +83,7 @@ def run_link(task, doc: dict, name: str) -> dict:
         LINKS[name](job, ctx)
     finally:
         if job.lease is not None:
-            job.lease.pause(grace=job.settings.lock_lease_seconds)
+            _pause(job)
     ctx.progress = job.progress_so_far
     return ctx.to_json()
 
@@ -70,12 +91,13 @@ def run_link(task, doc: dict, name: str) -> dict:
 def hand_over(job: Job) -> None:
     """The job's first task passes its lease to the chain's links."""
     _LEASES[job.task_id] = job.lease
-    job.lease.pause(grace=job.settings.lock_lease_seconds)
+    _pause(job)
 
 
 def _end(job: Job) -> dict:
     """end_job, releasing the lease unless it was lost (it is another job's then)."""
     _LEASES.pop(job.task_id, None)
+    _UNTIL.pop(job.task_id, None)
     return end_job(job, release=job.lease is not None)
 
 
@@ -99,30 +121,19 @@ def _ended_already(settings, task_id: str) -> bool:
 
 def run_abort(task, doc: dict, failure: str) -> dict | None:
     """The second net (the chain's errback): a link raised instead of recording its failure.
-    Resumes the app unless the lease is lost, waits for the steps still running here, forgets
-    what this backup made and fails the job. Idempotent: an errback may run more than once."""
+    Resumes what this job holds down unless the lease is lost, waits for the steps still
+    running here, forgets what carries this backup's tags and fails the job. Idempotent: an errback may run more than once."""
     ctx = BackupContext.from_json(doc)
     settings = load_settings()
     if _ended_already(settings, ctx.task_id):
         return None
     job = _link_job(task, ctx, ABORT)
     job.fail("chain", OperatorError(failure))
-    if job.lease is not None:
-        names = list(settings.quiesce_deployments)
-        steps.scale_back(job, steps.kube_for(job) if names else None, names)
-    backup_flow.join_all(job, ctx)
-    if job.lease is None:  # lost: the repositories may be another job's now
-        return _ended(job)
-    made: dict = {}
-    try:
-        backup_id = job.report.get("backup_id", "?")
-        ours = {catalog.ID_TAG + backup_id, catalog.PREPASS_OF_TAG + backup_id}
-        for name, repo in layout.both(settings).items():
-            made[name] = [s["id"] for s in repo.snapshots(timeout=settings.discard_timeout)
-                          if ours & set(s.get("tags") or [])]
-    except Exception as exc:
-        job.fail("discard", exc)
-    steps.discard(job, made)
+    if job.lease is not None:  # lost: the reconciler resumes what this job held down
+        names = list(settings.quiesce_deployments)  # only what this job holds down
+        steps.scale_back(job, steps.kube_for(job).for_job(job.task_id) if names else None, names)
+    backup_flow.join_all(job, ctx)  # a dump still streaming ends (or fails) before anything is forgotten
+    backup_guard.forget_backup(job)
     return _ended(job)
 
 

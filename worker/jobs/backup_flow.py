@@ -34,7 +34,7 @@ from worker.adapters.redis_store import connect as redis_connect, last_report_ke
 from worker.adapters.restic import ResticError
 from worker.backups import catalog, layout, media, restic_locks, tree_state
 from worker.backups.backup_eta import BackupEta
-from worker.jobs import steps
+from worker.jobs import backup_guard, steps
 from worker.jobs.backup_context import BackupContext
 from worker.jobs.held import hold, join_held
 from worker.jobs.job import Job
@@ -280,11 +280,17 @@ def with_prepass(summary: dict, prepass: dict | None) -> dict:
 
 def resume(job: Job, ctx: BackupContext) -> None:
     """Runs once quiesce has started, whatever failed - unless the lease was lost: then another
-    job may have quiesced the app itself, and scaling it up would be the harm to avoid (the
-    reconciler resumes it once no job holds the lease)."""
+    job may have quiesced the app itself. It brings back only what this job holds down (the
+    annotation names it, checked through the API with each scale-up, Kube.for_job); after a lost
+    lease the reconciler does, at its next run, since this job no longer runs (see
+    backup_chain.running_jobs). A deployment no longer held down by this job when its data steps
+    are done was brought up inside the quiesced window: the backup is not one point, and fails."""
     if not ctx.quiesced or ctx.lost:
         return
-    ctx.deployments = steps.scale_back(job, _kube(job, ctx), ctx.names)
+    kube = _kube(job, ctx)
+    if kube is not None and not _skip(job, ctx):
+        backup_guard.check_window(job, kube, ctx.names)
+    ctx.deployments = steps.scale_back(job, kube.for_job(job.task_id) if kube is not None else None, ctx.names)
     ctx.downtime_seconds = round(time.time() - ctx.down_since, 3) if ctx.names else 0.0
 
 
@@ -339,9 +345,9 @@ def join_all(job: Job, ctx: BackupContext) -> None:
 def finish(job: Job, ctx: BackupContext) -> dict:
     """Waits for the dump, completes the report and decides what the snapshots are worth: a
     backup whose only failure is a slow resume is complete and kept (the report says what did
-    not come back); any other failure forgets what was made, pre-pass included. After a lost
-    lease nothing is touched: the repositories may be another job's now (the reconciler and
-    the next backup tidy up). The media side has been tidied since the quiesced pass ended."""
+    not come back); any other failure forgets what carries this backup's tags, pre-pass
+    included (backup_guard.forget_backup) - after a lost lease too, since nothing of another
+    job's carries them. The media side has been tidied since the quiesced pass ended."""
     join_all(job, ctx)
     results = ctx.results
     resume_error = (job.report["steps"].get("resume") or {}).get("error")
@@ -360,12 +366,8 @@ def finish(job: Job, ctx: BackupContext) -> dict:
     }
     if job.errors and keep:
         report["not_back"] = resume_error
-    elif job.errors and not ctx.lost:
-        made = {name: [r["snapshot_id"]] for name, r in results.items()}
-        if ctx.prepass and not job.report.get("prepass_forgotten") \
-                and ctx.prepass not in made.get(layout.FILES, []):
-            made.setdefault(layout.FILES, []).append(ctx.prepass)
-        steps.discard(job, made)
+    elif job.errors:
+        backup_guard.forget_backup(job)
     job.report.update(report)
     return report
 

@@ -2,8 +2,11 @@
 scaled down.
 
 A deployment that still carries our quiesce annotation while the worker process named on it no
-longer answers was left down by a job that died (SIGKILL, OOM, node lost): scale it back. The
-lease alone does not tell - a Redis restart wipes it while the job goes on. The dead job itself,
+longer answers - or answers that the job named there no longer runs in it - was left down by a
+job that died (SIGKILL, OOM, node lost) or broke off: scale it back, at once, even while the dead
+job's lease has yet to run out (only an interrupted restore switch waits for it: it is settled
+first). The lease does not tell - a Redis restart wipes it while the job goes on - and neither
+does a result key: anyone who can write to Redis can write one. The dead job itself,
 still STARTED in Redis, is marked FAILURE so nobody waits for it forever, and what it made is
 settled by its own backup id only.
 
@@ -18,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from worker import redact
+from worker import instance, redact
 from worker.adapters.redis_store import connect as redis_connect, report_key
 from worker.backups import catalog, layout, switch
 from worker.errors import JobFailed
@@ -36,6 +39,7 @@ class CeleryView:
     ended: Callable[[str], bool]  # the task id's state in the result backend is a ready (final) one
     mark_failed: Callable[[str, Exception], None]  # records the task as FAILURE in the result backend
     live: switch.LiveHolders  # `host/id` of the worker processes that answer now
+    jobs: Callable[[], dict[str, set[str]]]  # the same, each with the job ids it says run in it
 
 
 def _finished(settings: Settings, celery: CeleryView, task_id: str) -> bool:
@@ -75,9 +79,15 @@ def settle_backup(settings: Settings, active: dict) -> tuple[Job, str]:
 
 def mark_interrupted(settings: Settings, celery: CeleryView, active: dict) -> str | None:
     """Marks a job whose worker died FAILURE (Celery state and our report) and settles what it
-    made. None when the job had in fact finished."""
+    made. None when the job had in fact finished - as its result key says, which anyone who can
+    write to Redis can forge: what it made is settled all the same (a finished job's complete
+    pair stays, and a failed one left nothing of its own)."""
     task_id = active.get("task_id")
     if task_id and _finished(settings, celery, task_id):
+        try:
+            settle_backup(settings, active)
+        except Exception as exc:
+            log.warning("reconcile: could not settle what finished job %s made: %s", task_id, exc)
         return None
     try:
         cleanup, outcome = settle_backup(settings, active)
@@ -96,25 +106,57 @@ def mark_interrupted(settings: Settings, celery: CeleryView, active: dict) -> st
     return message
 
 
-def resume_abandoned(settings: Settings, celery: CeleryView, kube, names: list[str]) -> dict:
-    """Resumes the deployments whose quiescing process is gone (or whose job has ended): a lease
-    missing from Redis is not proof of that - a Redis restart without persistence wipes it while
-    the job goes on. Returns what it resumed and what it left to a job still running."""
+def resume_abandoned(settings: Settings, kube, jobs: Callable[[], dict[str, set[str]]], names: list[str]) -> dict:
+    """Resumes the deployments whose quiescing job no longer runs in the process named on them
+    (`jobs()`: what the live processes answer; a process that does not answer is gone - as long
+    as this one, which runs the reconcile, answered: else nobody's silence means anything). Judged by
+    what the Kubernetes API and the live workers say only, and each resume conditioned on the
+    annotation still naming that job (a job that quiesced in between keeps the app down).
+    Returns what it resumed and what it left to a job still running."""
     holders = kube.holders(names)
     if not holders:
         return {}
-    alive = celery.live()
-    running = {name: h["job"] for name, h in holders.items()
-               if h.get("holder") in alive and not (h.get("job") and _finished(settings, celery, h["job"]))}
+    live = jobs()
+    if instance.holder() not in live:  # the broadcast did not get through (Redis restarting)
+        raise JobFailed("the live workers could not be asked (not even this one answered): nothing was resumed; "
+                        "the next reconcile asks again")
+    running = {name: h["job"] for name, h in holders.items() if h.get("job") in live.get(h.get("holder"), ())}
     out = {}
     if running:
         out["left_to_running_job"] = running
-        log.info("reconcile: %s quiesced by a job whose worker is alive; left alone", ", ".join(sorted(running)))
-    abandoned = [name for name in names if name in holders and name not in running]
+        log.info("reconcile: %s quiesced by a job still running; left alone", ", ".join(sorted(running)))
+    abandoned = {name: holders[name].get("job") for name in names if name in holders and name not in running}
     if abandoned:
-        out["resumed"] = kube.resume(abandoned, settings.resume_timeout)
+        out["resumed"] = kube.resume(list(abandoned), settings.resume_timeout, expect=abandoned)
         log.warning("reconcile: resumed %s", out["resumed"])
     return out
+
+
+def _resume(settings: Settings, celery: CeleryView, result: dict) -> Exception | None:
+    """resume_abandoned over the configured deployments, into `result`; the error, if any."""
+    names = settings.all_quiesced_deployments
+    if not names:
+        return None
+    try:
+        kube = steps.kube_in(settings)
+        result.update(resume_abandoned(settings, kube, celery.jobs, names))
+        steps.refresh_quiesced(kube, names)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _while_busy(settings: Settings, celery: CeleryView, lock: JobLock) -> dict:
+    """Another job holds the repository: what a dead job left down is still resumed now, not once
+    its lease has run out (the app matters most) - unless a restore switch is pending (it is
+    settled first, under the lease) or the holder is another reconcile (it does this)."""
+    result = {"state": "skipped", "reason": "a job holds the repository"}
+    if (lock.holder() or {}).get("kind") == "reconcile" or switch.read_journal(settings) is not None:
+        return result
+    failure = _resume(settings, celery, result)
+    if failure is not None:
+        raise failure
+    return result
 
 
 def reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
@@ -124,7 +166,7 @@ def reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
     try:
         lock.acquire("reconcile", task_id)
     except JobBusy:
-        return {"state": "skipped", "reason": "a job holds the repository"}
+        return _while_busy(settings, celery, lock)
     try:
         # an interrupted restore switch is completed or rolled back BEFORE anything is resumed, so
         # the app never starts on half old, half restored data (raises - and the app stays down -
@@ -132,15 +174,7 @@ def reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
         settled = restore_steps.settle_before_resume(settings, celery.live)
 
         result = {"state": "ok", "resumed": {}, **({"restore": settled} if settled else {})}
-        failure = None
-        names = settings.all_quiesced_deployments
-        if names:
-            try:
-                kube = steps.kube_in(settings)
-                result.update(resume_abandoned(settings, celery, kube, names))
-                steps.refresh_quiesced(kube, names)
-            except Exception as exc:  # still settle the interrupted jobs; fail afterwards
-                failure = exc
+        failure = _resume(settings, celery, result)  # still settle the interrupted jobs; fail afterwards
         for raw, active in lock.interrupted():
             if mark_interrupted(settings, celery, active) is not None:
                 result["interrupted_task"] = active.get("task_id")

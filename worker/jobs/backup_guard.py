@@ -1,0 +1,52 @@
+"""What keeps a failed or broken backup from being taken for a good one, shared by the chain's
+steps (worker.jobs.backup_flow) and its errback (worker.jobs.backup_chain): the check that the app
+stayed down for the whole quiesced window, and forgetting what a failed backup made by its tags.
+
+Why by tags, not by the ids the job learned: a `restic tag` that saved the new snapshot but was
+killed before it removed the old, or a truncated dump whose own forget failed, leaves snapshots
+the job never heard of - with this backup's tags, where the old procedure takes `latest` from.
+"""
+
+from __future__ import annotations
+
+from worker.backups import catalog, layout
+from worker.errors import OperatorError
+from worker.jobs import steps
+from worker.jobs.job import Job
+
+
+def check_window(job: Job, kube, names: list[str]) -> None:
+    """Every deployment is still held down by this job (its annotation names it) when the data
+    steps are done; one that is not was brought up inside the quiesced window (by hand, or by
+    a reconciler misled), and the backup would not be one point in time: the job fails."""
+    try:
+        held = kube.holders(names)
+    except Exception as exc:
+        job.fail("quiesced_window", exc)
+        return
+    up = sorted(name for name in names if (held.get(name) or {}).get("job") != job.task_id)
+    if up:
+        job.fail("quiesced_window", OperatorError(
+            f"{', '.join(up)} no longer held down by this backup before its snapshots were done (scaled up "
+            f"or quiesced by someone else): the backup would not be one point in time"))
+
+
+def forget_backup(job: Job) -> None:
+    """Everything this backup made, found by its own tags in both repositories - the backup's
+    `backup-id=` and its pre-pass's `prepass-of=` - and forgotten (finish and the chain's
+    errback both): not only the snapshots whose ids the job learned, but one a `restic tag`
+    saved without removing the old, or a truncated dump whose own forget failed, which would
+    else be the old procedure's `latest`. Only snapshots tagged with this backup's id: after a
+    lost lease too, another job's are never touched."""
+    backup_id = job.report.get("backup_id")
+    if not backup_id:
+        return
+    ours = {catalog.ID_TAG + backup_id, catalog.PREPASS_OF_TAG + backup_id}
+    made: dict = {}
+    try:
+        for name, repo in layout.both(job.settings).items():
+            made[name] = [s["id"] for s in repo.snapshots(timeout=job.settings.discard_timeout)
+                          if ours & set(s.get("tags") or [])]
+    except Exception as exc:
+        job.fail("discard", exc)
+    steps.discard(job, made)
