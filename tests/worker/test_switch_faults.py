@@ -50,7 +50,7 @@ def reconcile(site) -> dict:
     """The reconciler as the worker that ran the job would run it next: that worker is alive
     (this process) and its job has ended."""
     view = reconcile_flow.CeleryView(ended=lambda _task: True, mark_failed=lambda *_a: None,
-                                     live=lambda: {instance.holder()})
+                                     live=lambda: {instance.holder()}, jobs=lambda: {instance.holder(): set()})
     return reconcile_flow.reconcile(site.settings(), view, "reconcile-after-fault")
 
 
