@@ -1,5 +1,5 @@
-"""The run's report: medians and ratios per variant and phase (the targets of issue 6), the
-markdown tables, and the JSON + markdown files in --out.
+"""The run's report: medians and ratios per variant and phase (their targets: docs/performance.md),
+the markdown tables, and the JSON + markdown files in --out.
 
 Why apart from the measuring: the arithmetic is checked without servers
 (tests/integration/test_bench_run.py), and bench.scales reads these summaries back from the JSON.
@@ -85,7 +85,7 @@ def _ratios(s: dict, old: dict, dataset_bytes: int) -> dict:
 
 
 def summarise(results: dict) -> dict:
-    """Per variant and phase: medians over repeats, and the ratios/targets of issue 6."""
+    """Per variant and phase: medians over repeats, and the ratios against their targets."""
     runs = [r for r in results["runs"] if not r.get("error")]
     variants = list(dict.fromkeys(r["variant"] for r in results["runs"]))
     ds = results["dataset"]

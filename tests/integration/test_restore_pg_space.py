@@ -1,4 +1,4 @@
-"""The side database must not fill the PostgreSQL server's disk (issue 20, hole 9): the live
+"""The side database must not fill the PostgreSQL server's disk: the live
 database lives in a tablespace on a small real tmpfs; a restore whose load would leave less
 than the margin there is refused before anything is written - the live database byte-identical,
 the app never stopped. Real PostgreSQL, restic and the Kubernetes double."""

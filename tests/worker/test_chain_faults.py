@@ -1,9 +1,8 @@
-"""The backup chain under real faults (issue 20, holes 3 and 6, and Redis restarted empty at each
-link): a lease lost while the dump streams, a `restic tag` that saves the new snapshot but cannot
-remove the old, Redis restarted empty in the middle of every link. The outcomes: the app back
-within the reconcile period, and the repositories holding the whole backup or nothing of it -
-never half a backup as the old procedure's `latest`. Real worker processes, Redis, PostgreSQL and
-restic, the Kubernetes API double."""
+"""The backup chain under real faults: a lease lost while the dump streams, a `restic tag` that saves the new
+snapshot but cannot remove the old, Redis restarted empty in the middle of every link. The outcomes: the app
+back within the reconcile period, and the repositories holding the whole backup or nothing of it - never half
+a backup as the old procedure's `latest`. Real worker processes, Redis, PostgreSQL and restic, the Kubernetes
+API double."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Who may scale the app back up: only the job the deployments' annotation names as holding it
 down now, or the reconciler once that job is gone - judged from what the Kubernetes API and the
-live workers answer, never from a result key in Redis (issue 20, holes 4, 5 and 12). Real
+live workers answer, never from a result key in Redis. Real
 worker processes, real Redis, PostgreSQL and restic, the Kubernetes API double."""
 
 from __future__ import annotations

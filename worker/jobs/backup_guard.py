@@ -9,10 +9,16 @@ the job never heard of - with this backup's tags, where the old procedure takes 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from worker.backups import catalog, layout
 from worker.errors import OperatorError
 from worker.jobs import steps
 from worker.jobs.job import Job
+
+
+# the steps that start a restic backup: a backup that never ran one made no snapshot
+MAKERS = frozenset({"media_prepass", "dump_db", "restic_backup"})
 
 
 def check_window(job: Job, kube, names: list[str]) -> None:
@@ -37,16 +43,24 @@ def forget_backup(job: Job) -> None:
     errback both): not only the snapshots whose ids the job learned, but one a `restic tag`
     saved without removing the old, or a truncated dump whose own forget failed, which would
     else be the old procedure's `latest`. Only snapshots tagged with this backup's id: after a
-    lost lease too, another job's are never touched."""
+    lost lease too, another job's are never touched. A backup that never started a restic
+    backup (it failed in prepare) made nothing, and its repositories are not asked (they may be
+    the very thing that did not answer)."""
     backup_id = job.report.get("backup_id")
-    if not backup_id:
+    if not backup_id or not MAKERS & set(job.report.get("steps") or {}):
         return
     ours = {catalog.ID_TAG + backup_id, catalog.PREPASS_OF_TAG + backup_id}
+
+    def tagged(repo) -> list[str]:
+        return [s["id"] for s in repo.snapshots(timeout=job.settings.discard_timeout) if ours & set(s.get("tags") or [])]
+
+    repos = layout.both(job.settings)
     made: dict = {}
-    try:
-        for name, repo in layout.both(job.settings).items():
-            made[name] = [s["id"] for s in repo.snapshots(timeout=job.settings.discard_timeout)
-                          if ours & set(s.get("tags") or [])]
-    except Exception as exc:
-        job.fail("discard", exc)
+    with ThreadPoolExecutor(max_workers=len(repos), thread_name_prefix="forget-backup") as pool:
+        listed = {name: pool.submit(tagged, repo) for name, repo in repos.items()}  # both at once: each may wait
+        for name, future in listed.items():
+            try:
+                made[name] = future.result()
+            except Exception as exc:
+                job.fail("discard", exc)
     steps.discard(job, made)
