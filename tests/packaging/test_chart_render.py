@@ -16,7 +16,6 @@ import os
 import posixpath
 import subprocess
 import threading
-from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -25,14 +24,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "taiga-backup"
-NAMESPACE = "taiga"
-RELEASE = "tb"
-FULLNAME = f"{RELEASE}-taiga-backup"
-# Oldest: the chart's kubeVersion floor (Chart.yaml); newest: the newest schemas kubernetes-validate has.
-KUBE_VERSIONS = ("1.25.0", "1.37.0")
-HELM_MAJORS = ("3", "4")
+from packaging_support import (CHART, FULLNAME, KUBE_VERSIONS, NAMESPACE, RELEASE, helm,  # noqa: F401 (fixture)
+                               mounted_files, one, refusal, render, secret_keys, worker_container)
+
 
 MATRIX = {
     "defaults": {},
@@ -78,42 +72,6 @@ def write_values(tmp: Path, name: str, values: dict) -> Path:
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(values))
     return path
-
-
-@lru_cache(maxsize=None)
-def _render(helm: str, values_json: str, kube_version: str) -> subprocess.CompletedProcess:
-    return subprocess.run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                           "--kube-version", kube_version, "--values", "/dev/stdin"],
-                          input=values_json, capture_output=True, text=True, timeout=120)
-
-
-def render(helm: str, values: dict, kube_version: str = KUBE_VERSIONS[-1]) -> list[dict]:
-    proc = _render(helm, json.dumps(values), kube_version)
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
-def refusal(helm: str, values: dict) -> str:
-    proc = _render(helm, json.dumps(values), KUBE_VERSIONS[-1])
-    assert proc.returncode != 0, "helm template accepted inconsistent values"
-    return proc.stderr
-
-
-def one(objects, kind, name=None) -> dict:
-    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-    assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
-    return found[0]
-
-
-def worker_container(objects) -> tuple[dict, dict]:
-    pod = one(objects, "Deployment", FULLNAME)["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    return pod, container
-
-
-@pytest.fixture(params=HELM_MAJORS, ids=lambda m: f"helm{m}")
-def helm(request, helms):
-    return helms[request.param]
 
 
 def test_both_helm_majors_are_real(helms):
@@ -165,20 +123,6 @@ def settings_table():
     from worker.settings import SETTINGS
 
     return {s.env: s for s in SETTINGS}
-
-
-def mounted_files(pod: dict, container: dict) -> dict[str, dict]:
-    """mountPath -> the volume mounted there (whole Secrets and ConfigMaps: their keys are files)."""
-    volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    return {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
-
-
-def secret_keys(volume: dict) -> tuple[str, set[str] | None] | None:
-    """(Secret name, keys it projects or None for all) for a Secret or projected-Secret volume."""
-    if "secret" in volume:
-        items = volume["secret"].get("items")
-        return volume["secret"]["secretName"], {i["path"] for i in items} if items else None
-    return None
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=list(MATRIX))
