@@ -45,3 +45,13 @@ def test_off_is_what_the_worker_reads_as_off():
 
     assert _schedule("PRUNE_SCHEDULE", "off") is None
 
+
+# -- 2. the restic password survives helm uninstall -------------------------------------------------
+
+CHART_MADE_RESTIC = {"restic": {"existingSecret": "", "existingConfigMap": "", "repository": "s3:https://s3.example/b",
+                                "password": "p", "awsAccessKeyId": "a", "awsSecretAccessKey": "s"}}
+
+
+def test_chart_made_restic_secret_is_kept_on_uninstall(helm):
+    secret = one(render(helm, CHART_MADE_RESTIC), "Secret", f"{FULLNAME}-backup")
+    assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"
