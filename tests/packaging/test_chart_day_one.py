@@ -55,3 +55,36 @@ CHART_MADE_RESTIC = {"restic": {"existingSecret": "", "existingConfigMap": "", "
 def test_chart_made_restic_secret_is_kept_on_uninstall(helm):
     secret = one(render(helm, CHART_MADE_RESTIC), "Secret", f"{FULLNAME}-backup")
     assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"
+
+
+# -- 3. the drill restores into a volume of its own, of a known size --------------------------------
+
+
+def scratch_volume(objects) -> tuple[str, dict, dict]:
+    pod, container = worker_container(objects)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env.get("VERIFY_DIR")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    inits = pod.get("initContainers", [])
+    return env["VERIFY_DIR"], volume, {c["name"]: c for c in inits}
+
+
+def test_drill_scratch_is_an_ephemeral_volume_of_the_configured_size(helm):
+    """Not /tmp (an emptyDir without a limit: node disk pressure every Sunday) and not an emptyDir with a
+    sizeLimit (statvfs there reports the node's disk, so the worker's fit check could not see the limit)."""
+    path, volume, inits = scratch_volume(render(helm, {"verify": {"scratch": {"size": "3Gi",
+                                                                              "storageClassName": "fast"}}}))
+    assert path != "/tmp" and not path.startswith("/tmp/")
+    spec = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert spec["resources"]["requests"]["storage"] == "3Gi" and spec["storageClassName"] == "fast"
+    assert spec["accessModes"] == ["ReadWriteOnce"]
+    # a fresh volume's root is root's: made the worker's (999) by a root init container that can only chown
+    chown = inits["verify-scratch-owner"]
+    assert chown["command"][-1] == path and chown["securityContext"]["capabilities"] == {"drop": ["ALL"],
+                                                                                          "add": ["CHOWN"]}
+
+
+def test_drill_scratch_can_be_an_existing_claim_without_the_chown(helm):
+    _, volume, inits = scratch_volume(render(helm, {"verify": {"scratch": {"existingClaim": "drill-space",
+                                                                           "chown": False}}}))
+    assert volume["persistentVolumeClaim"] == {"claimName": "drill-space"} and inits == {}

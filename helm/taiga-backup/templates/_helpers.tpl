@@ -70,6 +70,10 @@ The objects of the old procedure, or the ones this chart creates (secret.yaml, c
 {{- default (printf "%s-notify" (include "taiga-backup.fullname" .)) .Values.notify.existingSecret }}
 {{- end }}
 
+{{- define "taiga-backup.verifyDir" -}}
+/var/lib/taiga-backup-verify
+{{- end }}
+
 {{- define "taiga-backup.redisName" -}}
 {{- printf "%s-redis" (include "taiga-backup.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
