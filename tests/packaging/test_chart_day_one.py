@@ -88,3 +88,39 @@ def test_drill_scratch_can_be_an_existing_claim_without_the_chown(helm):
     _, volume, inits = scratch_volume(render(helm, {"verify": {"scratch": {"existingClaim": "drill-space",
                                                                            "chown": False}}}))
     assert volume["persistentVolumeClaim"] == {"claimName": "drill-space"} and inits == {}
+
+
+# -- 4. escape hatches: what an operator adds without forking the chart -----------------------------
+
+HATCHES = {
+    "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    "extraEnvFrom": [{"secretRef": {"name": "restic-backend"}}],
+    "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+    "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca", "readOnly": True}],
+    "priorityClassName": "backup-critical",
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                   "whenUnsatisfiable": "ScheduleAnyway"}],
+    "worker": {"podLabels": {"team": "ops"}, "podAnnotations": {"note": "worker"}},
+    "redis": {"podLabels": {"team": "ops"}, "podAnnotations": {"note": "redis"}},
+    "flower": {"enabled": True, "basicAuth": {"credentials": "a:b"},
+               "podLabels": {"team": "ops"}, "podAnnotations": {"note": "flower"}},
+}
+
+
+def test_escape_hatches_reach_the_worker(helm):
+    pod, container = worker_container(render(helm, HATCHES))
+    assert HATCHES["extraEnv"][0] in container["env"]
+    assert container["envFrom"] == HATCHES["extraEnvFrom"]
+    assert HATCHES["extraVolumes"][0] in pod["volumes"]
+    assert HATCHES["extraVolumeMounts"][0] in container["volumeMounts"]
+    assert pod["priorityClassName"] == "backup-critical"
+    assert pod["topologySpreadConstraints"] == HATCHES["topologySpreadConstraints"]
+
+
+@pytest.mark.parametrize("component,name", [("worker", FULLNAME), ("redis", f"{FULLNAME}-redis"),
+                                            ("flower", f"{FULLNAME}-flower")])
+def test_every_pod_takes_labels_annotations_and_the_priority_class(helm, component, name):
+    template = one(render(helm, HATCHES), "Deployment", name)["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "ops"
+    assert template["metadata"]["annotations"]["note"] == component
+    assert template["spec"]["priorityClassName"] == "backup-critical"

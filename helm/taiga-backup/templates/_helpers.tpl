@@ -70,6 +70,12 @@ The objects of the old procedure, or the ones this chart creates (secret.yaml, c
 {{- default (printf "%s-notify" (include "taiga-backup.fullname" .)) .Values.notify.existingSecret }}
 {{- end }}
 
+{{- define "taiga-backup.priorityClass" -}}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
 {{- define "taiga-backup.verifyDir" -}}
 /var/lib/taiga-backup-verify
 {{- end }}
