@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +36,12 @@ def unavailable(reason: str):
     if REQUIRED:
         pytest.fail(f"TAIGA_BACKUP_REQUIRE_PACKAGING=1 but {reason}")
     pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def podman_env() -> dict[str, str]:

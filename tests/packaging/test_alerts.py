@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from packaging_support import CHART, unavailable
+from packaging_support import CHART, free_port, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +41,6 @@ PROPOSED = {
 METRIC = re.compile(r"\b(taiga_backup_[a-z_]+|process_[a-z_]+)\b")
 
 _live: dict[str, set[str]] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

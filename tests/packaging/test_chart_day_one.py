@@ -7,9 +7,19 @@ the escape hatches, the bundled Redis, and message signing.
 
 from __future__ import annotations
 
-import pytest
+import base64
+import json
+import os
+import subprocess
+import threading
+from http.server import ThreadingHTTPServer
 
-from packaging_support import FULLNAME, helm, one, render, worker_container  # noqa: F401 (fixture)
+import pytest
+import yaml
+
+from packaging_support import (CHART, FULLNAME, NAMESPACE, RELEASE, free_port, helm,  # noqa: F401 (fixture)
+                               one, render, worker_container)
+from test_chart_render import _DiscoveryOnly
 
 WORKER_DEFAULT_SCHEDULES = {"PRUNE_SCHEDULE": "40 23 * * *", "CHECK_SCHEDULE": "10 2 * * 0",
                             "VERIFY_SCHEDULE": "10 3 * * 0"}
@@ -124,3 +134,158 @@ def test_every_pod_takes_labels_annotations_and_the_priority_class(helm, compone
     assert template["metadata"]["labels"]["team"] == "ops"
     assert template["metadata"]["annotations"]["note"] == component
     assert template["spec"]["priorityClassName"] == "backup-critical"
+
+
+# -- 5. the bundled Redis: a kept password, optional AOF, no eviction, reachable from a bot ---------
+
+REDIS = f"{FULLNAME}-redis"
+
+
+def redis_container(objects) -> tuple[dict, dict]:
+    pod = one(objects, "Deployment", REDIS)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def test_bundled_redis_has_a_password_kept_in_a_secret_and_never_in_argv(helm):
+    objects = render(helm, {})
+    secret = one(objects, "Secret", REDIS)
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    data = secret["stringData"]
+    password = data["password"]
+    assert len(password) >= 32
+    assert data["broker-url"] == f"redis://:{password}@{REDIS}:6379/0"
+    assert f"requirepass {password}" in data["redis.conf"].splitlines()
+    pod, container = redis_container(objects)
+    assert password not in str(container["args"]) and password not in str(container.get("env"))
+    conf = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "redis-auth"]
+    assert container["args"][:2] == ["redis-server", f"{conf[0]}/redis.conf"]
+    # the worker (and Flower, the same helper) read the URL with the password from that Secret
+    wpod, worker = worker_container(objects)
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    directory, key = env["CELERY_BROKER_URL_FILE"].rsplit("/", 1)
+    (mount,) = [m for m in worker["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in wpod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == REDIS and key == "broker-url"
+
+
+def test_bundled_redis_never_evicts_keys(helm):
+    _, container = redis_container(render(helm, {"redis": {"maxmemory": "64mb"}}))
+    args = container["args"]
+    assert args[args.index("--maxmemory") + 1] == "64mb"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"  # leases must never vanish
+
+
+def test_bundled_redis_persists_to_a_claim_with_aof_when_asked(helm):
+    objects = render(helm, {"redis": {"persistence": {"enabled": True, "size": "2Gi"}}})
+    pvc = one(objects, "PersistentVolumeClaim", REDIS)
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    pod, container = redis_container(objects)
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    (data,) = [v for v in pod["volumes"] if v["name"] == "data"]
+    assert data["persistentVolumeClaim"]["claimName"] == REDIS
+    assert pod["securityContext"]["fsGroup"] == 999  # a fresh claim is writable by redis
+    default_args = redis_container(render(helm, {}))[1]["args"]
+    assert default_args[default_args.index("--appendonly") + 1] == "no"
+
+
+def test_bundled_redis_admits_a_chatops_bot_from_another_namespace(helm):
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "chatops"}},
+            "podSelector": {"matchLabels": {"app": "bot"}}}
+    policy = one(render(helm, {"redis": {"networkPolicy": {"enabled": True, "allowFrom": [peer]}}}),
+                 "NetworkPolicy", REDIS)
+    peers = [p for rule in policy["spec"]["ingress"] for p in rule["from"]]
+    assert peer in peers and len(peers) == 2  # this release's pods, and the bot
+
+
+class _ClusterWithKeptSecrets(_DiscoveryOnly):
+    """A cluster that already holds the Secrets an earlier install generated (what `lookup` reads on
+    an upgrade or a reinstall), and no release records."""
+
+    kept: dict[str, dict] = {}
+
+    def _body(self, path: str):
+        prefix = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+        if path == prefix:
+            return {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []}
+        if path.startswith(prefix + "/"):
+            return self.kept.get(path.rsplit("/", 1)[1])
+        return super()._body(path)
+
+
+def kept_secret(name: str, data: dict[str, str]) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                         "annotations": {"meta.helm.sh/release-name": RELEASE,
+                                         "meta.helm.sh/release-namespace": NAMESPACE}},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClusterWithKeptSecrets)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+        "users": [{"name": "u", "user": {"token": "x"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": NAMESPACE}}]}))
+    yield {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(tmp_path / "cache"),
+           "HELM_CONFIG_HOME": str(tmp_path / "config"), "HELM_DATA_HOME": str(tmp_path / "data")}
+    server.shutdown()
+    _ClusterWithKeptSecrets.kept = {}
+
+
+def installed(helm: str, env: dict, values: dict) -> list[dict]:
+    """`helm install --dry-run=server`: renders with `lookup` answered by the cluster, installs nothing."""
+    proc = subprocess.run([helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server",
+                           "--disable-openapi-validation", "--values", "/dev/stdin"], input=json.dumps(values),
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = proc.stdout.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0]
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def test_bundled_redis_password_is_kept_across_upgrades(helm, cluster):
+    _ClusterWithKeptSecrets.kept = {REDIS: kept_secret(REDIS, {"password": "the-one-generated-at-install"})}
+    data = one(installed(helm, cluster, {}), "Secret", REDIS)["stringData"]
+    assert data["password"] == "the-one-generated-at-install"
+    assert data["broker-url"] == f"redis://:the-one-generated-at-install@{REDIS}:6379/0"
+
+
+def test_rendered_redis_arguments_and_config_run_a_real_redis_that_demands_the_password(helms, tmp_path):
+    """The chart's redis args and its Secret's redis.conf, given to a real redis-server: without the
+    password a client is refused; with the worker's broker-url it gets in, and nothing is evicted."""
+    import redis
+
+    objects = render(helms["4"], {"redis": {"maxmemory": "8mb"}})
+    data = one(objects, "Secret", REDIS)["stringData"]
+    _, container = redis_container(objects)
+    (tmp_path / "redis.conf").write_text(data["redis.conf"])
+    port = free_port()
+    args = [str(tmp_path / "redis.conf") if a == container["args"][1] else a for a in container["args"][1:]]
+    args[args.index("--port") + 1] = str(port)
+    server = subprocess.Popen(["redis-server", *args, "--dir", str(tmp_path), "--bind", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL)
+    try:
+        url = data["broker-url"].replace(f"@{REDIS}:6379", f"@127.0.0.1:{port}")
+        client = redis.Redis.from_url(url, socket_timeout=5, retry_on_timeout=False)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                threading.Event().wait(0.05)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, socket_timeout=5).get("x")
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.set("taiga-backup:lease:backup", "held")
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            for i in range(10_000):
+                client.set(f"filler:{i}", "x" * 4096)
+        assert client.get("taiga-backup:lease:backup") == b"held"  # refused writes, no eviction
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

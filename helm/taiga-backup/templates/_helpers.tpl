@@ -85,7 +85,11 @@ priorityClassName: {{ . }}
 {{- end }}
 
 {{- define "taiga-backup.brokerSecretName" -}}
+{{- if .Values.redis.bundled }}
+{{- include "taiga-backup.redisName" . }}
+{{- else }}
 {{- default (printf "%s-broker" (include "taiga-backup.fullname" .)) .Values.redis.existingSecret }}
+{{- end }}
 {{- end }}
 
 {{- define "taiga-backup.brokerSecretKey" -}}
@@ -97,14 +101,11 @@ broker-url
 {{- end }}
 
 {{/*
-The broker URL stored in the chart's broker Secret (only used when redis.existingSecret is "").
+The broker URL stored in the chart's broker Secret (external Redis, redis.existingSecret ""; the
+bundled one's URL is in its own Secret, redis.yaml).
 */}}
 {{- define "taiga-backup.brokerUrl" -}}
-{{- if .Values.redis.bundled }}
-{{- printf "redis://%s:%d/0" (include "taiga-backup.redisName" .) (int .Values.redis.port) }}
-{{- else }}
 {{- required "redis.bundled is false: set redis.url or redis.existingSecret" .Values.redis.url }}
-{{- end }}
 {{- end }}
 
 {{/*
