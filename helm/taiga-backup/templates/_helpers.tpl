@@ -122,7 +122,7 @@ Consistency checks that the schema cannot express; included by deployment.yaml.
 {{- fail "flower.enabled needs flower.basicAuth.existingSecret or flower.basicAuth.credentials" }}
 {{- end }}
 {{- if and .Values.prometheusRule.enabled (not .Values.metrics.serviceMonitor.enabled) }}
-{{- fail "prometheusRule.enabled needs metrics.serviceMonitor.enabled (the rules expect its labels: honorLabels, namespace, service)" }}
+{{- fail "prometheusRule.enabled needs metrics.serviceMonitor.enabled (the rules expect its target labels: namespace, service)" }}
 {{- end }}
 {{- if and .Values.dashboard.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "dashboard.enabled needs metrics.service.enabled (the dashboard shows the worker's metrics)" }}
