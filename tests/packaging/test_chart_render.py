@@ -55,13 +55,16 @@ MATRIX = {
     "chatops-from-another-namespace": {"redis": {"persistence": {"enabled": True, "size": "2Gi"}, "networkPolicy": {
         "enabled": True, "allowFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "chatops"}},
                                         "podSelector": {"matchLabels": {"app": "taiga-bot"}}}]}}},
+    # issue 21: signing on (the default, a generated pair) with a chat-ops bot's certificate trusted too
+    "signing-with-a-bot-certificate": {"signing": {"trustedCertificates": {
+        "chatops-bot.crt": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}},
     "restore-deployments-changed": {"quiesce": {"backup": ["taiga-front-deployment"],
                                                 "restore": ["taiga-front-deployment", "taiga-back-deployment",
                                                             "taiga-extra-deployment"]}},
 }
 
 # Secrets whose contents the chart generates (a password, a key pair).
-GENERATED_SECRETS = {f"{FULLNAME}-redis"}
+GENERATED_SECRETS = {f"{FULLNAME}-redis", f"{FULLNAME}-signing"}
 
 # Custom resources have no schema in kubernetes-validate: the fields the chart uses, closed.
 CRD_SCHEMAS = {

@@ -134,8 +134,8 @@ Consistency checks that the schema cannot express; included by deployment.yaml.
 
 {{/*
 Connection to the broker, shared by the worker and Flower: environment... (message signing is the
-worker's alone: taiga-backup.signing*; Flower gets no key the worker trusts, so a login to Flower
-cannot queue a job)
+worker's alone: taiga-backup.signing*, on by default; Flower gets no key the worker trusts and runs
+--read_only (flower.readOnly), so a login to Flower cannot queue a job)
 */}}
 {{- define "taiga-backup.celeryEnv" -}}
 - name: CELERY_BROKER_URL_FILE
@@ -197,32 +197,58 @@ and /var/cache/taiga-backup (XDG_CACHE_HOME: restic's cache) are the image's wri
 {{- end }}
 
 {{/*
-Message signing, for the worker only: environment, volume and mount.
+Message signing, for the worker only: on with a generated pair (signing.generate, signing.yaml) or
+signing.existingSecret. Environment, volumes and mounts: the key and certificate, and the trust store
+(a directory: the worker's own certificate and signing.trustedCertificates).
 */}}
+{{- define "taiga-backup.signingOn" -}}
+{{- if or .Values.signing.existingSecret .Values.signing.generate }}true{{ end }}
+{{- end }}
+
+{{- define "taiga-backup.signingSecretName" -}}
+{{- default (printf "%s-signing" (include "taiga-backup.fullname" .)) .Values.signing.existingSecret }}
+{{- end }}
+
 {{- define "taiga-backup.signingEnv" -}}
-{{- if .Values.signing.existingSecret }}
+{{- if include "taiga-backup.signingOn" . }}
 - name: CELERY_SECURITY_KEY_FILE
   value: /var/run/secrets/celery-signing/tls.key
 - name: CELERY_SECURITY_CERT_FILE
   value: /var/run/secrets/celery-signing/tls.crt
 - name: CELERY_SECURITY_CERT_STORE
-  value: /var/run/secrets/celery-signing/tls.crt
+  value: /var/run/secrets/celery-trust
 {{- end }}
 {{- end }}
 
 {{- define "taiga-backup.signingVolume" -}}
-{{- if .Values.signing.existingSecret }}
+{{- if include "taiga-backup.signingOn" . }}
 - name: celery-signing
   secret:
-    secretName: {{ .Values.signing.existingSecret }}
+    secretName: {{ include "taiga-backup.signingSecretName" . }}
     defaultMode: 0444
+- name: celery-trust
+  projected:
+    defaultMode: 0444
+    sources:
+      - secret:
+          name: {{ include "taiga-backup.signingSecretName" . }}
+          items:
+            - key: tls.crt
+              path: worker.crt
+      {{- if .Values.signing.trustedCertificates }}
+      - configMap:
+          name: {{ include "taiga-backup.fullname" . }}-signing-trust
+      {{- end }}
 {{- end }}
 {{- end }}
 
 {{- define "taiga-backup.signingVolumeMount" -}}
-{{- if .Values.signing.existingSecret }}
+{{- if include "taiga-backup.signingOn" . }}
 - name: celery-signing
   mountPath: /var/run/secrets/celery-signing
+  readOnly: true
+- name: celery-trust
+  mountPath: /var/run/secrets/celery-trust
   readOnly: true
 {{- end }}
 {{- end }}
