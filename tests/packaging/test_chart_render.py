@@ -12,11 +12,8 @@ worker.adapters.kube.REQUIRED_RBAC; and that inconsistent values are refused wit
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
@@ -24,8 +21,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from packaging_support import (CHART, FULLNAME, KUBE_VERSIONS, NAMESPACE, RELEASE, helm,  # noqa: F401 (fixture)
-                               mounted_files, one, refusal, render, secret_keys, worker_container)
+from packaging_support import (CHART, FULLNAME, KUBE_VERSIONS, NAMESPACE, RELEASE, DiscoveryOnly,  # noqa: F401
+                               fake_cluster, helm, mounted_files, one, refusal, render, secret_keys,
+                               worker_container)
 
 
 MATRIX = {
@@ -318,63 +316,10 @@ def test_inconsistent_values_are_refused(helm, what, values, message):
 # -- NOTES -------------------------------------------------------------------------------------------
 
 
-_DISCOVERY = {
-    "v1": {"secrets": "Secret", "configmaps": "ConfigMap", "services": "Service", "serviceaccounts": "ServiceAccount"},
-    "apps/v1": {"deployments": "Deployment"},
-    "rbac.authorization.k8s.io/v1": {"roles": "Role", "rolebindings": "RoleBinding"},
-    "networking.k8s.io/v1": {"networkpolicies": "NetworkPolicy"},
-    "monitoring.coreos.com/v1": {"servicemonitors": "ServiceMonitor", "prometheusrules": "PrometheusRule"},
-}
-
-
-class _DiscoveryOnly(BaseHTTPRequestHandler):
-    """What `helm install --dry-run=client` asks a cluster for (Helm 3 asks even then): the server
-    version and API discovery, to map kinds to resources. Nothing is installed anywhere."""
-
-    def log_message(self, *args):
-        pass
-
-    def _body(self, path: str):
-        if path == "/version":
-            return {"major": "1", "minor": "37", "gitVersion": "v1.37.0"}
-        if path == "/api":
-            return {"kind": "APIVersions", "versions": ["v1"]}
-        if path == "/apis":
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
-                 "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
-                for gv in _DISCOVERY if "/" in gv]}
-        for gv, resources in _DISCOVERY.items():
-            if path == ("/api/v1" if gv == "v1" else f"/apis/{gv}"):
-                return {"kind": "APIResourceList", "groupVersion": gv, "resources": [
-                    {"name": name, "singularName": "", "kind": kind, "namespaced": True,
-                     "verbs": ["create", "get", "list", "patch"]} for name, kind in resources.items()]}
-        return None
-
-    def do_GET(self):
-        body = self._body(self.path.split("?")[0].rstrip("/"))
-        data = json.dumps(body or {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}).encode()
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture(scope="module")
 def dry_run_env(tmp_path_factory):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _DiscoveryOnly)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    kubeconfig = tmp_path_factory.mktemp("helm-kube") / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
-        "users": [{"name": "u", "user": {"token": "x"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": NAMESPACE}}]}))
-    home = kubeconfig.parent
-    yield {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_CONFIG_HOME": str(home / "helm-config"), "HELM_DATA_HOME": str(home / "data")}
-    server.shutdown()
+    with fake_cluster(DiscoveryOnly, tmp_path_factory.mktemp("helm-kube")) as env:
+        yield env
 
 
 def notes(helm, env, *extra) -> str:
