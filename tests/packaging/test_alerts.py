@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from packaging_support import CHART, unavailable
+from packaging_support import CHART, free_port, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +41,6 @@ PROPOSED = {
 METRIC = re.compile(r"\b(taiga_backup_[a-z_]+|process_[a-z_]+)\b")
 
 _live: dict[str, set[str]] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -73,7 +66,7 @@ def live_metric_names(request) -> set[str]:
                 names |= {family.name + "_total", family.name + "_created"}
             names |= {s.name for s in family.samples}
         assert any(n.startswith("taiga_backup_") for n in names), text[:2000]
-        _live["names"] = names
+        _live["names"], _live["text"] = names, text
     return _live["names"]
 
 
@@ -107,9 +100,43 @@ def test_rules_pass_promtool_check(promtool, rules_file):
     proc = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     alerts = [r["alert"] for g in yaml.safe_load(rules_file.read_text())["groups"] for r in g["rules"]]
-    assert alerts == ["TaigaBackupFailed", "TaigaBackupMissing", "TaigaBackupAppLeftQuiesced",
-                      "TaigaBackupRepositoryCheckFailed", "TaigaBackupRestoreDrillFailed",
-                      "TaigaBackupRestoreDrillOverdue"]
+    assert alerts == ["TaigaBackupFailed", "TaigaBackupMissing", "TaigaBackupWorkerDown",
+                      "TaigaBackupAppLeftQuiesced", "TaigaBackupRepositoryCheckFailed",
+                      "TaigaBackupRestoreDrillFailed", "TaigaBackupRestoreDrillOverdue"]
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation but - and _ dropped, spaces to -."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_has_a_runbook_url_to_an_existing_anchor(rules_file):
+    docs = CHART.parents[1] / "docs" / "operations.md"
+    anchors = markdown_anchors(docs)
+    rules = [r for g in yaml.safe_load(rules_file.read_text())["groups"] for r in g["rules"]]
+    for rule in rules:
+        url = rule["annotations"].get("runbook_url", "")
+        page, _, anchor = url.partition("#")
+        assert page.endswith("docs/operations.md") and anchor in anchors, (rule["alert"], url)
+
+
+def test_metrics_carry_kind_not_job(live_metric_names):
+    """`job` is Prometheus' own target label: a metric label of that name is renamed exported_job (or,
+    with honorLabels, replaces the target's) and every alert on it silently matches nothing."""
+    text = _live["text"]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    labelled = [s for f in families.values() if f.name.startswith("taiga_backup_") for s in f.samples]
+    assert not [s.name for s in labelled if "job" in s.labels]
+    assert any("kind" in s.labels for s in labelled)
+    (info,) = families["taiga_backup_build_info"].samples
+    from importlib.metadata import version
+
+    assert info.labels["version"] == version("taiga-backup") and info.value == 1
 
 
 def test_rules_use_only_exported_metrics(rules_file, live_metric_names):
@@ -166,18 +193,48 @@ def rule_tests(names: set[str]) -> list[dict]:
     tests = [
         {   # a failed backup alerts at once; another namespace's failure is not ours
             "interval": "1m",
-            "input_series": [series(ok, "1 1 0 0 1", job="backup"), series(ok, "0 0 0 0 0", job="backup",
-                                                                              namespace="other")],
+            "input_series": [series(ok, "1 1 0x10 1", kind="backup"), series(ok, "0x13", kind="backup",
+                                                                               namespace="other")],
             "alert_rule_test": [
                 {"eval_time": "1m", "alertname": "TaigaBackupFailed", "exp_alerts": []},
-                {"eval_time": "3m", "alertname": "TaigaBackupFailed",
+                {"eval_time": "3m", "alertname": "TaigaBackupFailed", "exp_alerts": []},  # pending (for: 5m)
+                {"eval_time": "8m", "alertname": "TaigaBackupFailed",
                  "exp_alerts": [alert(severity="critical")]},
-                {"eval_time": "4m", "alertname": "TaigaBackupFailed", "exp_alerts": []},
+                {"eval_time": "13m", "alertname": "TaigaBackupFailed", "exp_alerts": []},
             ],
+        },
+        {   # a scrape blip (one failed sample between successes) does not page anybody
+            "interval": "1m",
+            "input_series": [series(ok, "1 0 1x10", kind="backup")],
+            "alert_rule_test": [{"eval_time": "1m", "alertname": "TaigaBackupFailed", "exp_alerts": []},
+                                {"eval_time": "6m", "alertname": "TaigaBackupFailed", "exp_alerts": []}],
+        },
+        {   # the worker's target down, then gone (Pending: no endpoint, no `up` at all): both alert after 10m
+            "interval": "1m",
+            "input_series": [series("up", "1x5 0x20", service=SERVICE, job=SERVICE)],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "TaigaBackupWorkerDown", "exp_alerts": []},
+                {"eval_time": "12m", "alertname": "TaigaBackupWorkerDown", "exp_alerts": []},  # pending
+                {"eval_time": "20m", "alertname": "TaigaBackupWorkerDown",
+                 "exp_alerts": [alert(severity="critical", service=SERVICE)]},
+            ],
+        },
+        {   # never scraped at all in this namespace (another namespace's worker is up)
+            "interval": "1m",
+            "input_series": [series("up", "1x30", service=SERVICE, job=SERVICE, namespace="other")],
+            "alert_rule_test": [
+                {"eval_time": "20m", "alertname": "TaigaBackupWorkerDown",
+                 "exp_alerts": [alert(severity="critical", service=SERVICE)]},
+            ],
+        },
+        {   # a worker that is up: no alert
+            "interval": "1m",
+            "input_series": [series("up", "1x30", service=SERVICE, job=SERVICE)],
+            "alert_rule_test": [{"eval_time": "20m", "alertname": "TaigaBackupWorkerDown", "exp_alerts": []}],
         },
         {   # last success at 1h: fine at 26h, missing at 28h (more than 26 h)
             "interval": "1m",
-            "input_series": [series(last, f"{HOUR}+0x1700", job="backup"),
+            "input_series": [series(last, f"{HOUR}+0x1700", kind="backup"),
                              series(start, "0+0x1700", service=SERVICE)],
             "alert_rule_test": [
                 {"eval_time": "26h", "alertname": "TaigaBackupMissing", "exp_alerts": []},
@@ -194,7 +251,7 @@ def rule_tests(names: set[str]) -> list[dict]:
         },
         {   # a failed check and a failed drill
             "interval": "1m",
-            "input_series": [series(ok, "0x5", job="check"), series(ok, "1 0 0", job="verify")],
+            "input_series": [series(ok, "0x5", kind="check"), series(ok, "1 0 0", kind="verify")],
             "alert_rule_test": [
                 {"eval_time": "2m", "alertname": "TaigaBackupRepositoryCheckFailed",
                  "exp_alerts": [alert(severity="warning")]},
@@ -205,7 +262,7 @@ def rule_tests(names: set[str]) -> list[dict]:
         },
         {   # the weekly drill last succeeded at 0: overdue after 8 days
             "interval": "10m",
-            "input_series": [series(last, "0+0x1400", job="verify"), series(start, "0+0x1400", service=SERVICE)],
+            "input_series": [series(last, "0+0x1400", kind="verify"), series(start, "0+0x1400", service=SERVICE)],
             "alert_rule_test": [
                 {"eval_time": "7d", "alertname": "TaigaBackupRestoreDrillOverdue", "exp_alerts": []},
                 {"eval_time": "9d", "alertname": "TaigaBackupRestoreDrillOverdue",

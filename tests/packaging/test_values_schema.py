@@ -61,6 +61,7 @@ BAD_VALUES = [
     ("duplicate deployment", "quiesce.backup", ["taiga-front-deployment", "taiga-front-deployment"]),
     ("backup schedule that is not five fields", "schedule.backup", "daily"),
     ("empty backup schedule", "schedule.backup", ""),
+    ("a word for off the worker reads but the docs do not promise", "schedule.verify", "never"),
     ("negative keep count", "restic.retention.keepDaily", -1),
     ("days to keep zero", "restic.retention.daysToKeep", 0),
     ("chown without a group", "restore.chown", "999"),
@@ -80,6 +81,13 @@ def test_schema_rejects_bad_values(what, path, value):
     doc = copy.deepcopy(default_values())
     _set(doc, path, value)
     assert not jsonschema.Draft7Validator(values_schema()).is_valid(doc), what
+
+
+@pytest.mark.parametrize("job", ["prune", "check", "verify"])
+def test_schema_accepts_off_for_the_upkeep_schedules(job):
+    doc = copy.deepcopy(default_values())
+    doc["schedule"][job] = "off"
+    jsonschema.Draft7Validator(values_schema()).validate(doc)
 
 
 def test_schema_accepts_documented_alternatives():
@@ -111,6 +119,10 @@ OPEN_OBJECTS = {
     "dashboard.annotations",
     "worker.podAnnotations",
     "worker.podLabels",
+    "redis.podAnnotations",
+    "redis.podLabels",
+    "flower.podAnnotations",
+    "flower.podLabels",
     "serviceAccount.annotations",
     "redis.resources.requests",
     "redis.resources.limits",

@@ -94,7 +94,7 @@ def wait_for(port: int, key: tuple, value: float, timeout: float = 30.0) -> dict
 
 
 def job(name: str) -> tuple:
-    return (("job", name),)
+    return (("kind", name),)
 
 
 def unix(iso: str) -> float:
@@ -125,9 +125,9 @@ def test_worker_metrics_and_notifications_for_a_good_and_a_failed_backup(site, s
     assert m[("taiga_backup_last_backup_files", (("change", "new"),))] == report["files"]["files_new"] > 0
     assert m[("taiga_backup_last_backup_files", (("change", "changed"),))] == report["files"]["files_changed"]
     assert m[("taiga_backup_last_backup_downtime_seconds", ())] == report["downtime_seconds"] > 0
-    assert m[("taiga_backup_last_step_duration_seconds", (("job", "backup"), ("step", "dump_db")))] == \
+    assert m[("taiga_backup_last_step_duration_seconds", (("kind", "backup"), ("step", "dump_db")))] == \
         report["steps"]["dump_db"]["seconds"]
-    assert m[("taiga_backup_jobs_total", (("job", "backup"), ("state", "success")))] == 1
+    assert m[("taiga_backup_jobs_total", (("kind", "backup"), ("state", "success")))] == 1
     assert m[("taiga_backup_job_failures_total", job("backup"))] == 0
     assert m[("taiga_backup_job_running", job("backup"))] == 0
 
@@ -149,7 +149,7 @@ def test_worker_metrics_and_notifications_for_a_good_and_a_failed_backup(site, s
 
     m = wait_for(port, ("taiga_backup_job_failures_total", job("backup")), 1)
     assert m[("taiga_backup_job_failures_total", job("backup"))] == 1
-    assert m[("taiga_backup_jobs_total", (("job", "backup"), ("state", "failure")))] == 1
+    assert m[("taiga_backup_jobs_total", (("kind", "backup"), ("state", "failure")))] == 1
     assert m[("taiga_backup_last_run_success", job("backup"))] == 0
     assert abs(m[("taiga_backup_last_failure_timestamp_seconds", job("backup"))] - time.time()) < 60
     assert m[("taiga_backup_last_success_timestamp_seconds", job("backup"))] == unix(report["finished_at"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
 
 from prometheus_client import Counter, Gauge, start_http_server
@@ -20,17 +21,21 @@ from worker.adapters.restic import parse_time
 
 log = logging.getLogger("taiga_backup.metrics")
 
+# The kind of job (backup, prune, check, verify, restore, ...) is the label `kind`: `job` is Prometheus'
+# own target label, so a metric label of that name is renamed exported_job at scrape time (or, with
+# honorLabels, overwrites the target's) and alerts on it silently match nothing. Renamed in 0.2.0.
+
 LAST_SUCCESS = Gauge("taiga_backup_last_success_timestamp_seconds",
-                     "Unix time the last successful job of this kind finished", ["job"])
+                     "Unix time the last successful job of this kind finished", ["kind"])
 LAST_FAILURE = Gauge("taiga_backup_last_failure_timestamp_seconds",
-                     "Unix time the last failed job of this kind finished", ["job"])
-LAST_OK = Gauge("taiga_backup_last_run_success", "1 if the last job of this kind succeeded, 0 if it failed", ["job"])
-LAST_DURATION = Gauge("taiga_backup_last_duration_seconds", "How long the last job of this kind took", ["job"])
+                     "Unix time the last failed job of this kind finished", ["kind"])
+LAST_OK = Gauge("taiga_backup_last_run_success", "1 if the last job of this kind succeeded, 0 if it failed", ["kind"])
+LAST_DURATION = Gauge("taiga_backup_last_duration_seconds", "How long the last job of this kind took", ["kind"])
 STEP_DURATION = Gauge("taiga_backup_last_step_duration_seconds", "How long each step of the last job took",
-                      ["job", "step"])
-RUNNING = Gauge("taiga_backup_job_running", "1 while a job of this kind runs", ["job"])
-JOBS = Counter("taiga_backup_jobs", "Jobs finished since the worker started, by outcome", ["job", "state"])
-FAILURES = Counter("taiga_backup_job_failures", "Failed jobs since the worker started", ["job"])
+                      ["kind", "step"])
+RUNNING = Gauge("taiga_backup_job_running", "1 while a job of this kind runs", ["kind"])
+JOBS = Counter("taiga_backup_jobs", "Jobs finished since the worker started, by outcome", ["kind", "state"])
+FAILURES = Counter("taiga_backup_job_failures", "Failed jobs since the worker started", ["kind"])
 ADDED_BYTES = Gauge("taiga_backup_last_backup_added_bytes",
                     "Bytes the last successful backup added to each repository", ["repository"])
 FILES = Gauge("taiga_backup_last_backup_files", "Media files of the last successful backup, by change",
@@ -40,8 +45,20 @@ SNAPSHOTS = Gauge("taiga_backup_snapshots", "Snapshots in each repository", ["re
 QUIESCED = Gauge("taiga_backup_deployment_quiesced",
                  "1 while the Deployment carries taiga-backup's quiesce annotation (scaled down by a job)",
                  ["deployment"])
+BUILD_INFO = Gauge("taiga_backup_build_info", "Always 1; the version of taiga-backup this worker runs", ["version"])
 REPOSITORY_SIZE = Gauge("taiga_backup_repository_size_bytes",
                         "Bytes of data stored in each repository (restic stats --mode raw-data)", ["repository"])
+
+
+
+def _version() -> str:
+    try:
+        return version("taiga-backup")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+BUILD_INFO.labels(_version()).set(1)
 
 SNAPSHOT_CHANGING_JOBS = ("backup", "prune", "restore")
 STATES = ("success", "failure")

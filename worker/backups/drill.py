@@ -19,17 +19,45 @@ from concurrent.futures import ThreadPoolExecutor
 
 from worker.adapters import databases, postgres, process
 from worker.adapters.restic import Repository, ResticError
-from worker.backups import catalog, dump_loader
+from worker.backups import catalog, dump_loader, media
 from worker.errors import OperatorError
 from worker.settings import Settings
 
 SCRATCH_PREFIX = "taiga_backup_verify_"
 DIR_PREFIX = "taiga-backup-verify-"
 MAX_LISTED = 10
+# What a file or directory may take beyond its bytes (its last, partly used block): the estimate of
+# the scratch space a restore needs is the snapshot's bytes plus one such block per entry.
+BLOCK = 4096
 
 
 class DrillError(OperatorError):
     """The backup did not restore as recorded; the message lists the differences."""
+
+
+class ScratchTooSmall(OperatorError):
+    """The backup's media do not fit the drill's scratch space; nothing was restored."""
+
+
+def scratch_space(repo: Repository, snapshot_id: str, parent: str) -> dict:
+    """The space a restore of the files snapshot needs, and what `parent` (VERIFY_DIR) has free.
+    The snapshot is only listed here, not read."""
+    size = media.snapshot_size(repo, snapshot_id)
+    return {"dir": parent, "media_bytes": size["bytes"], "media_files": size["files"],
+            "needed_bytes": size["bytes"] + (size["files"] + size["dirs"]) * BLOCK,
+            "free_bytes": media.free_bytes(parent)}
+
+
+def require_fit(space: dict) -> None:
+    """Refused up front: in a cluster the scratch space is a volume of a fixed size, and a drill that
+    restores until ENOSPC (or, on an ephemeral volume, until the pod is evicted for exceeding it)
+    proves nothing and does it again every week."""
+    if space["needed_bytes"] > space["free_bytes"]:
+        raise ScratchTooSmall(
+            f"the drill's scratch space {space['dir']} (VERIFY_DIR) has {space['free_bytes']} bytes free; restoring "
+            f"the backup's media needs about {space['needed_bytes']} ({space['media_bytes']} bytes in "
+            f"{space['media_files']} files): give the drill a bigger volume (chart: verify.scratch) - nothing was "
+            "restored")
 
 
 def scratch_settings(settings: Settings) -> Settings:

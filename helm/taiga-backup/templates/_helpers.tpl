@@ -70,12 +70,26 @@ The objects of the old procedure, or the ones this chart creates (secret.yaml, c
 {{- default (printf "%s-notify" (include "taiga-backup.fullname" .)) .Values.notify.existingSecret }}
 {{- end }}
 
+{{- define "taiga-backup.priorityClass" -}}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "taiga-backup.verifyDir" -}}
+/var/lib/taiga-backup-verify
+{{- end }}
+
 {{- define "taiga-backup.redisName" -}}
 {{- printf "%s-redis" (include "taiga-backup.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "taiga-backup.brokerSecretName" -}}
+{{- if .Values.redis.bundled }}
+{{- include "taiga-backup.redisName" . }}
+{{- else }}
 {{- default (printf "%s-broker" (include "taiga-backup.fullname" .)) .Values.redis.existingSecret }}
+{{- end }}
 {{- end }}
 
 {{- define "taiga-backup.brokerSecretKey" -}}
@@ -87,14 +101,11 @@ broker-url
 {{- end }}
 
 {{/*
-The broker URL stored in the chart's broker Secret (only used when redis.existingSecret is "").
+The broker URL stored in the chart's broker Secret (external Redis, redis.existingSecret ""; the
+bundled one's URL is in its own Secret, redis.yaml).
 */}}
 {{- define "taiga-backup.brokerUrl" -}}
-{{- if .Values.redis.bundled }}
-{{- printf "redis://%s:%d/0" (include "taiga-backup.redisName" .) (int .Values.redis.port) }}
-{{- else }}
 {{- required "redis.bundled is false: set redis.url or redis.existingSecret" .Values.redis.url }}
-{{- end }}
 {{- end }}
 
 {{/*
@@ -111,7 +122,7 @@ Consistency checks that the schema cannot express; included by deployment.yaml.
 {{- fail "flower.enabled needs flower.basicAuth.existingSecret or flower.basicAuth.credentials" }}
 {{- end }}
 {{- if and .Values.prometheusRule.enabled (not .Values.metrics.serviceMonitor.enabled) }}
-{{- fail "prometheusRule.enabled needs metrics.serviceMonitor.enabled (the rules expect its labels: honorLabels, namespace, service)" }}
+{{- fail "prometheusRule.enabled needs metrics.serviceMonitor.enabled (the rules expect its target labels: namespace, service)" }}
 {{- end }}
 {{- if and .Values.dashboard.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "dashboard.enabled needs metrics.service.enabled (the dashboard shows the worker's metrics)" }}
@@ -123,8 +134,8 @@ Consistency checks that the schema cannot express; included by deployment.yaml.
 
 {{/*
 Connection to the broker, shared by the worker and Flower: environment... (message signing is the
-worker's alone: taiga-backup.signing*; Flower gets no key the worker trusts, so a login to Flower
-cannot queue a job)
+worker's alone: taiga-backup.signing*, on by default; Flower gets no key the worker trusts and runs
+--read_only (flower.readOnly), so a login to Flower cannot queue a job)
 */}}
 {{- define "taiga-backup.celeryEnv" -}}
 - name: CELERY_BROKER_URL_FILE
@@ -186,32 +197,58 @@ and /var/cache/taiga-backup (XDG_CACHE_HOME: restic's cache) are the image's wri
 {{- end }}
 
 {{/*
-Message signing, for the worker only: environment, volume and mount.
+Message signing, for the worker only: on with a generated pair (signing.generate, signing.yaml) or
+signing.existingSecret. Environment, volumes and mounts: the key and certificate, and the trust store
+(a directory: the worker's own certificate and signing.trustedCertificates).
 */}}
+{{- define "taiga-backup.signingOn" -}}
+{{- if or .Values.signing.existingSecret .Values.signing.generate }}true{{ end }}
+{{- end }}
+
+{{- define "taiga-backup.signingSecretName" -}}
+{{- default (printf "%s-signing" (include "taiga-backup.fullname" .)) .Values.signing.existingSecret }}
+{{- end }}
+
 {{- define "taiga-backup.signingEnv" -}}
-{{- if .Values.signing.existingSecret }}
+{{- if include "taiga-backup.signingOn" . }}
 - name: CELERY_SECURITY_KEY_FILE
   value: /var/run/secrets/celery-signing/tls.key
 - name: CELERY_SECURITY_CERT_FILE
   value: /var/run/secrets/celery-signing/tls.crt
 - name: CELERY_SECURITY_CERT_STORE
-  value: /var/run/secrets/celery-signing/tls.crt
+  value: /var/run/secrets/celery-trust
 {{- end }}
 {{- end }}
 
 {{- define "taiga-backup.signingVolume" -}}
-{{- if .Values.signing.existingSecret }}
+{{- if include "taiga-backup.signingOn" . }}
 - name: celery-signing
   secret:
-    secretName: {{ .Values.signing.existingSecret }}
+    secretName: {{ include "taiga-backup.signingSecretName" . }}
     defaultMode: 0444
+- name: celery-trust
+  projected:
+    defaultMode: 0444
+    sources:
+      - secret:
+          name: {{ include "taiga-backup.signingSecretName" . }}
+          items:
+            - key: tls.crt
+              path: worker.crt
+      {{- if .Values.signing.trustedCertificates }}
+      - configMap:
+          name: {{ include "taiga-backup.fullname" . }}-signing-trust
+      {{- end }}
 {{- end }}
 {{- end }}
 
 {{- define "taiga-backup.signingVolumeMount" -}}
-{{- if .Values.signing.existingSecret }}
+{{- if include "taiga-backup.signingOn" . }}
 - name: celery-signing
   mountPath: /var/run/secrets/celery-signing
+  readOnly: true
+- name: celery-trust
+  mountPath: /var/run/secrets/celery-trust
   readOnly: true
 {{- end }}
 {{- end }}
