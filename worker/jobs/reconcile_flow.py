@@ -175,7 +175,13 @@ def reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
 
         result = {"state": "ok", "resumed": {}, **({"restore": settled} if settled else {})}
         failure = _resume(settings, celery, result)  # still settle the interrupted jobs; fail afterwards
-        for raw, active in lock.interrupted():
+        interrupted = lock.interrupted()
+        running = set().union(*celery.jobs().values()) if interrupted else set()
+        for raw, active in interrupted:
+            if active.get("task_id") in running:
+                # its lease record was moved aside (the lease gone with a Redis restart, or deleted)
+                # while a live worker still runs it: nothing to settle yet; asked again next time
+                continue
             if mark_interrupted(settings, celery, active) is not None:
                 result["interrupted_task"] = active.get("task_id")
             lock.settled(raw)
