@@ -1,14 +1,15 @@
-"""The backup's figures at two scales in one run: does the app's downtime stay flat while the
-old procedure's backup time grows with the data?
+"""The backup's figures at two scales in one run: does the app's downtime stay flat while the old
+procedure's backup time grows with the data?
 
     python -m bench.scales --scales 0.25,1.0 [--repeat 3] [--json docs/performance-backup.json]
 
 Runs bench.run once per scale (full night, then an incremental night; the old procedure and
 taiga-backup alternately, on the same data), then puts the backup's figures side by side (their
-targets: docs/performance.md): downtime against the old procedure's whole backup at the larger scale, how much the downtime grows
-per second the old backup grows between the scales, the incremental night's downtime, full-backup
-wall against the old one, bookkeeping, worker RSS at both scales. Prints a markdown table and
-writes every raw number (both bench.run results included) as one JSON file.
+targets: docs/performance.md): downtime against the old procedure's whole backup at the larger
+scale, how much the downtime grows per second the old backup grows between the scales, the
+incremental night's downtime, full-backup wall against the old one, bookkeeping, worker RSS at both
+scales. Prints a markdown table and writes every raw number (both bench.run results included) as one
+JSON file.
 """
 
 from __future__ import annotations
