@@ -157,6 +157,7 @@ def test_redis_restarted_empty_at_each_link_leaves_the_app_up_and_a_whole_backup
     wait_until(lambda: f"taiga_backup.{link}" in received(site), 60, f"the {link} link", interval=0.005)
     site.redis_server.restart()
     pools.reset()  # this process's pooled broker connections are from before: later tests get fresh ones
+    beat = worker.client()  # an app of its own: celery_client's pool was closed by the reset
     t0 = time.monotonic()
     deadline = t0 + 60
     while time.monotonic() < deadline:
@@ -164,7 +165,7 @@ def test_redis_restarted_empty_at_each_link_leaves_the_app_up_and_a_whole_backup
             break
         if time.monotonic() - t0 > 15:  # beat's reconcile, for a chain that broke
             try:
-                celery_client.send_task("taiga_backup.reconcile").get(timeout=30)
+                beat.send_task("taiga_backup.reconcile").get(timeout=30)
             except Exception as exc:  # the client's pooled connection from before the restart
                 print(f"reconcile: {exc!r}")
         time.sleep(0.5)

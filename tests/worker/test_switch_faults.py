@@ -16,42 +16,17 @@ import pytest
 from testkit import mounts
 from testkit.faults import wait_until
 from testkit.pg_proxy import PgProxy
-from testkit.restore_checks import kept_state, live_files, live_state, side_copies
-from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, change_everything, run_backup, run_restore
+from testkit.restore_checks import live_files, live_state, side_copies
+from testkit.scenarios import ALL_DEPLOYMENTS, change_everything, run_backup, run_restore
+from testkit.switch_checks import backed_up_then_changed, one_whole_state, outcome, reconcile, restore_id, run_undo
 
-from worker import instance
 from worker.backups import media, switch
 from worker.errors import JobFailed
-from worker.jobs import reconcile_flow, requests
-from worker.jobs.job import run_job
 
 RENAMES = r"alter database .* rename to"
 COMMIT = r"^\s*commit\b"
 NOTHING_LEFT = {"databases": [], "dirs": []}
 MARGIN = getattr(media, "STAGING_MARGIN_BYTES", 8 * 1024 * 1024)
-
-
-def run_undo() -> dict:
-    from tasks.undo_restore import undo
-
-    checked = requests.keyword_fields(requests.UNDO_RESTORE, (), {}, requests.UNDO_FIELDS)
-    return run_job(None, "undo_restore", lambda job: undo(job, checked.get("restore_id")))
-
-
-def outcome(fn):
-    """The job's report, or its JobFailed."""
-    try:
-        return fn()
-    except JobFailed as exc:
-        return exc
-
-
-def reconcile(site) -> dict:
-    """The reconciler as the worker that ran the job would run it next: that worker is alive
-    (this process) and its job has ended."""
-    view = reconcile_flow.CeleryView(ended=lambda _task: True, mark_failed=lambda *_a: None,
-                                     live=lambda: {instance.holder()}, jobs=lambda: {instance.holder(): set()})
-    return reconcile_flow.reconcile(site.settings(), view, "reconcile-after-fault")
 
 
 @pytest.fixture
@@ -63,35 +38,6 @@ def proxied(repos, monkeypatch):
     monkeypatch.setenv("POSTGRES_HOST", proxy.address)
     yield repos, proxy
     proxy.stop()
-
-
-def backed_up_then_changed(site) -> tuple[dict, dict]:
-    """The state a backup took and the changed live state after it, an upload made since included."""
-    add_odd_files(site.media)
-    backed_up = live_state(site)
-    run_backup()
-    change_everything(site)
-    (site.media / "uploaded before the restore.bin").write_bytes(os.urandom(5000))
-    return backed_up, live_state(site)
-
-
-def one_whole_state(site, before: dict, restored: dict, rid: str) -> str:
-    """The live state is exactly `before` or `restored`; when it is the restored one, `before` is
-    whole in the kept folder (nothing the user made is lost). Returns which."""
-    now = live_state(site)
-    assert now in (before, restored), "the live state is a mix of two states"
-    if now == before:
-        return "previous"
-    kept = kept_state(site, rid)
-    assert kept["db"] == before["db"]
-    assert kept["files"] == {k: v for k, v in before["files"].items() if not media.is_ours(k)}
-    return "restored"
-
-
-def restore_id(site) -> str:
-    """The newest kept state's restore id (asked of the server directly, not through the proxy)."""
-    ids = [k["id"] for k in switch.kept_states(site.settings(POSTGRES_HOST=f"127.0.0.1:{site.pg.port}"))]
-    return ids[-1] if ids else ""
 
 
 @pytest.mark.slow
@@ -295,3 +241,4 @@ def test_a_lease_taken_mid_job_stops_it_before_the_app_is_touched(proxied, job):
     assert site.replicas() == ALL_DEPLOYMENTS
     if job == "restore":
         assert side_copies(site) == NOTHING_LEFT
+
