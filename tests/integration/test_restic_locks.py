@@ -115,7 +115,7 @@ def test_a_live_holder_is_waited_for_then_named_and_never_removed(repos, monkeyp
 
     assert time.monotonic() - t0 >= 3
     assert re.fullmatch(r"check_files: repository files is locked by root@alice-laptop \(pid \d+\) since "
-                        r"\d{4}-\d\d-\d\d [\d:]{8} UTC; gave up after waiting \ds \(RESTIC_LOCK_WAIT\)", str(err.value))
+                        r"\d{4}-\d\d-\d\d [\d:]{8} UTC; gave up after waiting \d+s \(RESTIC_LOCK_WAIT\)", str(err.value))
     assert f"(pid {alice.proc.pid})" in str(err.value)
     # the dead worker's lock went, by its id; alice's, live, is still there (no --remove-all)
     assert [doc["hostname"] for doc in lock_docs(site)] == ["alice-laptop"]
