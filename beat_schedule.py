@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from worker.jobs import requests
 from worker.jobs.job import SCHEDULED_LIFETIME
-from worker.settings import cron_schedule, read
+from worker.settings import backup_cron, cron_schedule, read
 
 # (setting, task); the cron expression and its default live in the settings table; "off" drops it
 SCHEDULED = (
@@ -24,7 +24,8 @@ RECONCILE_EVERY_SECONDS = 60.0
 def build_schedule(env=None) -> dict:
     schedule = {}
     for setting, task in SCHEDULED:
-        expr = read(setting, env)
+        # the backup's start moves by the instance's offset in BACKUP_WINDOW (settings.backup_cron)
+        expr = backup_cron(env) if task == requests.BACKUP else read(setting, env)
         if expr is None:
             continue
         schedule[task.split(".", 1)[1]] = {

@@ -30,7 +30,10 @@ CELERY = reconcile_flow.CeleryView(ended=_ended, mark_failed=_mark_failed, live=
                                    jobs=partial(control.live_jobs, app))
 
 
-@app.task(bind=True, name=requests.RECONCILE)
+# ignore_result: nobody reads a reconcile's Celery result (beat and the worker send it, the CLI
+# and chat-ops never do), and one a minute kept REPORT_TTL was ~43 000 keys; neither STARTED nor
+# a failure is stored either. Its summary goes to one capped list instead, redis_store.reconcile_recent_key.
+@app.task(bind=True, name=requests.RECONCILE, ignore_result=True)
 def reconcile(self, **_ignored):
     """Resumes what a dead job left scaled down first (the app matters most), then settles the
     jobs whose holder died. Skipped while a job holds the repository."""

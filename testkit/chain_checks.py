@@ -30,7 +30,7 @@ def latest(site, repo: str) -> str | None:
 
 def report_of(site, task_id: str) -> dict:
     """Our report of the job, as Redis has it now ({} when there is none)."""
-    raw = redis_connect(site.settings()).get(f"taiga-backup:report:{task_id}")
+    raw = redis_connect(site.settings()).get(f"taiga-backup:taiga:report:{task_id}")
     return json.loads(raw) if raw else {}
 
 

@@ -10,7 +10,7 @@ import time
 
 import psycopg
 
-from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
+from testkit.site import BACKUP_DEPLOYMENTS
 
 ANNOTATION = "taiga-backup/original-replicas"
 
@@ -36,12 +36,12 @@ def dump_blocked(site) -> bool:
 
 
 def app_at_zero(site) -> bool:
-    return all(site.kube.replicas(NAMESPACE, name) == 0 for name in BACKUP_DEPLOYMENTS)
+    return all(site.kube.replicas(site.namespace, name) == 0 for name in BACKUP_DEPLOYMENTS)
 
 
 def app_back(site) -> bool:
     """Every quiesced deployment at its original count with our annotation gone."""
-    return all(site.kube.replicas(NAMESPACE, name) == count and ANNOTATION not in site.kube.annotations(NAMESPACE, name)
+    return all(site.kube.replicas(site.namespace, name) == count and ANNOTATION not in site.kube.annotations(site.namespace, name)
                for name, count in BACKUP_DEPLOYMENTS.items())
 
 

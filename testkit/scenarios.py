@@ -1,5 +1,6 @@
 """Steps the tests take again and again: run a job in-process, hold pg_dump up, describe the state
-a restore must reproduce, change it, start a worker whose start-up reconcile is over."""
+a restore must reproduce, change it, start a worker whose start-up reconcile is over (of one
+instance among several, too)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import time
 import psycopg
 
 from testkit import dataset
-from testkit.site import BACKUP_DEPLOYMENTS, RESTORE_ONLY_DEPLOYMENTS, ROOT
+from testkit.faults import wait_until
+from testkit.site import BACKUP_DEPLOYMENTS, RESTORE_ONLY_DEPLOYMENTS, ROOT, WorkerProcess
 
 # the backup's chain as the README documents it, the id the caller got last: what the tests
 # expect to see run (in Celery's result backend and in Flower), in this order
@@ -86,10 +88,48 @@ def change_everything(site) -> None:
     (site.media / "-leading-dash").unlink(missing_ok=True)
 
 
+def reconcile_now(celery_client, timeout=60) -> dict:
+    """Sends a reconcile and returns its summary, found (through the app's result backend) in the
+    capped list of recent ones: the task stores no Celery result. Raises RuntimeError with its
+    error when it failed."""
+    from worker.adapters.redis_store import reconcile_recent_key
+    from worker.runtime.stamp import instance_of
+
+    key = reconcile_recent_key(instance_of(celery_client.conf.task_default_queue))  # the client's instance
+    task_id = celery_client.send_task("taiga_backup.reconcile").id
+    client = celery_client.backend.client
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for summary in map(json.loads, client.lrange(key, 0, -1)):
+            if summary.get("task_id") == task_id:
+                if summary["state"] == "error":
+                    raise RuntimeError(summary["error"])
+                return summary
+        time.sleep(0.1)
+    raise TimeoutError(f"reconcile {task_id} recorded no summary within {timeout} s")
+
+
 def start_idle_worker(start_worker, celery_client, **env):
     """A worker whose start-up reconcile is over: it holds the repository lease for a moment, and a
     backup arriving meanwhile is refused. Its second, delayed one comes after the test (long lease)."""
     worker = start_worker(JOB_LOCK_LEASE=120, **env)
-    while celery_client.send_task("taiga_backup.reconcile").get(timeout=30)["state"] != "ok":
+    while reconcile_now(celery_client, timeout=30)["state"] != "ok":
+        time.sleep(0.1)
+    return worker
+
+
+def start_instance(site, name: str, **env) -> "WorkerProcess":
+    """A worker of `site` (one instance of several on the broker), ready by its log (a ping is
+    answered by the other instances' workers too) and done with its start-up reconcile (which
+    holds the repository lease a moment). `env` overrides; JOB_LOCK_LEASE is 120 unless given."""
+    from worker.celery_app import make_app
+
+    env = {**os.environ, **site.env, "HOME": str(site.root), "PYTHONPATH": str(ROOT), "JOB_LOCK_LEASE": "120",
+           **{k: str(v) for k, v in env.items()}}
+    worker = WorkerProcess(env, False, site.root / f"{name}.log")
+    wait_until(lambda: " ready." in worker.output() or worker.proc.poll() is not None, 60, f"worker {name}")
+    assert worker.proc.poll() is None, worker.output()
+    app = make_app(site.env)
+    while reconcile_now(app, timeout=30)["state"] != "ok":
         time.sleep(0.1)
     return worker

@@ -7,6 +7,7 @@ import itertools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 from testkit.k8s_double import KubeApiDouble
 from testkit.servers import PostgresCluster, RedisServer
 from worker.backups import media
+from worker.runtime.stamp import node_name
+from worker.settings import read
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +32,11 @@ class Site:
     """One Taiga installation under test: its settings (env), database, media and repository."""
 
     def __init__(self, root: Path, pg: PostgresCluster, redis_server: RedisServer, kube: KubeApiDouble,
-                 cache: str):
+                 cache: str, instance: str = "taiga", redis_db: int | None = None):
+        """`instance`: its TAIGA_INSTANCE and its namespace in the Kubernetes double; `redis_db`:
+        the broker's database, to share one with another site (default: one of its own)."""
         n = next(_counter)
+        self.instance = self.namespace = instance
         self.root = root
         self.pg = pg
         self.kube = kube
@@ -46,7 +52,7 @@ class Site:
         self.password_file = self.secrets / "restic-password"
         self.password_file.write_text("restic-secret-password-1\n")
         (self.secrets / "postgres-password").write_text(self.db_password + "\n")
-        self.redis_db = (n % 15) + 1
+        self.redis_db = (n % 15) + 1 if redis_db is None else redis_db
         self.env = {
             "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{self.redis_db}",
             "RESTIC_REPOSITORY": str(self.repo),
@@ -58,7 +64,8 @@ class Site:
             "POSTGRES_PASSWORD_FILE": str(self.secrets / "postgres-password"),
             "BACKUP_FILES_DIR": str(self.media),
             "KUBECONFIG": kube.kubeconfig,
-            "KUBE_NAMESPACE": NAMESPACE,
+            "KUBE_NAMESPACE": self.namespace,
+            "TAIGA_INSTANCE": instance,
             "QUIESCE_DEPLOYMENTS": ",".join(BACKUP_DEPLOYMENTS),
             "RESTORE_QUIESCE_DEPLOYMENTS": ",".join({**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}),
             "RESTORE_CHOWN": "off",
@@ -88,7 +95,7 @@ class Site:
         return Settings.from_env({**self.env, **overrides})
 
     def replicas(self) -> dict:
-        return {name: self.kube.replicas(NAMESPACE, name) for name in {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}}
+        return {name: self.kube.replicas(self.namespace, name) for name in {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}}
 
     def restic(self, repo: str, *args: str, input: bytes | None = None, check: bool = True,
                password_file: str | None = None) -> subprocess.CompletedProcess:
@@ -97,6 +104,22 @@ class Site:
                "RESTIC_PASSWORD_FILE": str(password_file or self.password_file),
                "RESTIC_REPOSITORY": f"{self.repo}/{repo}", "RESTIC_CACHE_DIR": self.env["RESTIC_CACHE_DIR"]}
         return subprocess.run(["restic", *args], env=env, capture_output=True, check=check, input=input)
+
+
+def another_instance(site: Site, root: Path, instance: str) -> Site:
+    """A second Taiga on the same broker (Redis database), PostgreSQL cluster and Kubernetes
+    double as `site`: its own database, media, namespace and deployments, and a copy of `site`'s
+    repositories as they are now (take it before the first backup: empty), with its own cache."""
+    root.mkdir(parents=True, exist_ok=True)
+    other = Site(root, site.pg, site.redis_server, site.kube, site.env["RESTIC_CACHE_DIR"], instance=instance,
+                 redis_db=site.redis_db)
+    for name, replicas in {**BACKUP_DEPLOYMENTS, **RESTORE_ONLY_DEPLOYMENTS}.items():
+        site.kube.add_deployment(other.namespace, name, replicas=replicas)
+    other.create_database()
+    if site.repo.exists():
+        copy_tree(site.repo, other.repo)
+    other.env["RESTIC_CACHE_DIR"] = str(root / "restic-cache")
+    return other
 
 
 def descendants(pid: int) -> list[int]:
@@ -149,12 +172,14 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> "WorkerProcess":
         app = self.client()
+        # its own node: another instance's worker on this broker answering says nothing of this one
+        own = [node_name(read("TAIGA_INSTANCE", self.env), socket.gethostname())]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if app.control.ping(timeout=0.5):
+                if app.control.ping(destination=own, timeout=0.5):
                     return self
             except app.connection_for_write().connection_errors:
                 # kombu shares connection pools per URL across the process: one pooled before a

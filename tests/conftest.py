@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from testkit import restic_keys  # noqa: E402
 from testkit.k8s_double import KubeApiDouble  # noqa: E402
 from testkit.servers import PostgresCluster, RedisServer  # noqa: E402
 from testkit.site import (BACKUP_DEPLOYMENTS, NAMESPACE, RESTORE_ONLY_DEPLOYMENTS, Site,  # noqa: E402
@@ -33,6 +34,18 @@ def redis_server():
     server = RedisServer().start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    """A client on the session's redis-server, its database 0 (no site's: they use 1 to 15) empty
+    before and after the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.flushdb()
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +113,7 @@ def repos(site, tmp_path_factory, monkeypatch):
             subprocess.run(["restic", "init", "-q", "--no-cache", "--repo", str(template / name)], check=True,
                            capture_output=True,
                            env={"PATH": os.environ["PATH"], "RESTIC_PASSWORD_FILE": str(site.password_file)})
+            restic_keys.cheapen(template / name, site.password_file.read_bytes().rstrip(b"\r\n"))
         _empty_repos["path"] = template
     copy_tree(_empty_repos["path"], site.repo)
     site.env["RESTIC_CACHE_DIR"] = str(site.root / "restic-cache")
@@ -109,9 +123,14 @@ def repos(site, tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def celery_client(site):
-    """A plain Celery client on the site's broker: what the CLI or a chat-ops bot uses."""
+    """A plain Celery client on the site's broker: what the CLI or a chat-ops bot uses. kombu's
+    connection pools are global to the process: emptied first, so no connection to a Redis an
+    earlier test restarted ("Connection closed by server") is handed to this test."""
+    from kombu import pools
+
     from worker.celery_app import make_app
 
+    pools.reset()
     return make_app(site.env)
 
 

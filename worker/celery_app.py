@@ -17,6 +17,7 @@ import beat_schedule
 from worker import instance as process_identity
 from worker.jobs.job import REPORT_TTL
 from worker.runtime import control, security, signals  # noqa: F401 (connect handlers, register commands)
+from worker.runtime.stamp import queue
 from worker.settings import broker_urls, read
 
 # One module per public task; the list is fixed (the worker registers exactly these).
@@ -58,6 +59,9 @@ def make_app(env=None) -> Celery:
         worker_pool="threads",
         worker_concurrency=4,             # >= 2: a link runs while the dump streams in the background
         worker_hijack_root_logger=False,
+        # the instance's queue (TAIGA_INSTANCE): what this worker reads, where the CLI, beat and
+        # an errback send; several Taigas share a broker, each reading only its own
+        task_default_queue=queue(read("TAIGA_INSTANCE", env)),
         timezone=beat_schedule.timezone(env),
         enable_utc=True,
         beat_schedule=beat_schedule.build_schedule(env),

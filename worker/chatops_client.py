@@ -12,14 +12,18 @@ never the jobs, the tasks or the worker's Celery app (tests/worker/test_chatops_
     export CELERY_SECURITY_KEY_FILE=/run/secrets/bot.key        # when the worker runs signed
     export CELERY_SECURITY_CERT_FILE=/run/secrets/bot.crt       #   messages only (docs/security.md)
     export CELERY_SECURITY_CERT_STORE=/run/secrets/trusted/     # certificates of the workers
+    export TAIGA_INSTANCE=taiga                                 # the Taiga to ask (or --instance)
+    taiga-backup-chatops instances                # {"taiga": ["taiga-backup-taiga@pod"], ...}
     taiga-backup-chatops backup
     taiga-backup-chatops restore --snapshot latest --dry-run
-    taiga-backup-chatops restore --before 2024-01-31T12:00:00Z
+    taiga-backup-chatops --instance taiga-b restore --before 2024-01-31T12:00:00Z
 
 The broker URL carries a password, so it is read from a file (CELERY_BROKER_URL_FILE or
 --broker-file), never from the command line. Every request carries the stamp the worker checks
-when signing is on (`_request` in the signed kwargs: the task it is for, its id, a one-time nonce
-and an expiry), so a captured message can neither be relabelled as another task nor replayed.
+when signing is on (`_request` in the signed kwargs: the task it is for, its id, a one-time nonce,
+an expiry and the instance), so a captured message can neither be relabelled as another task,
+nor replayed, nor pushed onto another Taiga's queue. Requests go to the instance's queue,
+`taiga-backup.<instance>`.
 
 Progress goes to stderr as one JSON object per change of state or step; the final outcome goes
 to stdout as one JSON object. Exit status: 0 SUCCESS, 1 FAILURE, 2 bad setup, 3 still running at
@@ -29,15 +33,17 @@ to stdout as one JSON object. Exit status: 0 SUCCESS, 1 FAILURE, 2 bad setup, 3 
 import argparse
 import json
 import os
+import re
 import sys
-import time
 
 from celery import Celery, signals
+from celery.exceptions import TimeoutError
 
-from worker.runtime.stamp import stamp as add_stamp
+from worker.runtime.stamp import instance_of, instance_of_node, queue, stamp as add_stamp
 
 STAMP_TTL = 600.0  # a request not run within ten minutes is refused (at most the worker's SIGNED_REQUEST_TTL)
-CONTRACT_VERSION = 1  # docs/chatops.md "Contract version": the task names, kwargs and results spoken here
+CONTRACT_VERSION = 2  # docs/chatops.md "Contract version": the task names, kwargs, queue and results spoken here
+_INSTANCE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def read_file(path: str) -> str:
@@ -58,18 +64,22 @@ def connect(broker: str, backend: str | None, signing: dict | None) -> Celery:
 
 
 @signals.before_task_publish.connect
-def stamp(body=None, headers=None, **_):
-    """The stamp goes into the kwargs, which the signature covers (headers are not signed)."""
-    add_stamp(body, headers, STAMP_TTL)
+def stamp(body=None, headers=None, routing_key=None, **_):
+    """The stamp goes into the kwargs, which the signature covers (headers are not signed), and
+    names the instance whose queue the request goes to."""
+    add_stamp(body, headers, STAMP_TTL, instance_of(routing_key))
 
 
 def follow(app: Celery, task_id: str, timeout: float) -> int:
-    """Polls the result backend: PENDING -> STARTED -> PROGRESS (step, percent) -> SUCCESS/FAILURE."""
+    """Follows the job with nothing but Celery: `AsyncResult.get(on_message=...)` waits on the
+    Redis result backend's publish of each change (PENDING -> STARTED -> PROGRESS (step, percent)
+    -> SUCCESS/FAILURE), so each step is printed when the worker stores it, not on a poll."""
     result = app.AsyncResult(task_id)
-    deadline = time.monotonic() + timeout
     last = None
-    while True:
-        state, info = result.state, result.info
+
+    def show(meta: dict) -> None:
+        nonlocal last
+        state, info = meta.get("status"), meta.get("result")
         seen = (state, info.get("step"), info.get("percent")) if isinstance(info, dict) else (state,)
         if seen != last:
             line = {"task_id": task_id, "state": state}
@@ -77,17 +87,32 @@ def follow(app: Celery, task_id: str, timeout: float) -> int:
                 line.update(step=info.get("step"), percent=info.get("percent"), message=info.get("message"))
             print(json.dumps(line), file=sys.stderr, flush=True)
             last = seen
-        if state == "SUCCESS":
-            print(json.dumps(info, sort_keys=True))   # the job's report: docs/chatops.md
-            return 0
-        if state in ("FAILURE", "REVOKED"):
-            # Celery rebuilds the error as an exception; its text is the job's first error
-            print(json.dumps({"task_id": task_id, "state": state, "error": str(info)}))
-            return 1
-        if time.monotonic() > deadline:
-            print(json.dumps({"task_id": task_id, "state": state, "error": "still running, stopped waiting"}))
-            return 3
-        time.sleep(0.5)
+
+    show({"status": result.state, "result": result.info})  # where it stands now (get() reports changes)
+    try:
+        info = result.get(timeout=timeout, propagate=False, on_message=show)
+    except TimeoutError:
+        print(json.dumps({"task_id": task_id, "state": result.state, "error": "still running, stopped waiting"}))
+        return 3
+    if result.state == "SUCCESS":
+        print(json.dumps(info, sort_keys=True))   # the job's report: docs/chatops.md
+        return 0
+    # Celery rebuilds the error as an exception; its text is the job's first error
+    print(json.dumps({"task_id": task_id, "state": result.state, "error": str(info)}))
+    return 1
+
+
+def list_instances(app: Celery, timeout: float = 2.0) -> int:
+    """The Taigas whose workers answer on this broker, from their node names (node_name):
+    one JSON object, instance -> its worker nodes. What a bot offers before it asks one."""
+    found: dict[str, list[str]] = {}
+    for reply in app.control.ping(timeout=timeout) or []:
+        for node in reply:
+            name = instance_of_node(node)
+            if name:
+                found.setdefault(name, []).append(node)
+    print(json.dumps({name: sorted(nodes) for name, nodes in found.items()}, sort_keys=True))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -98,8 +123,12 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s, chat-ops contract {CONTRACT_VERSION}")
     parser.add_argument("--broker-file", default=os.environ.get("CELERY_BROKER_URL_FILE"),
                         help="file holding the broker URL (default: $CELERY_BROKER_URL_FILE)")
+    parser.add_argument("--instance", default=os.environ.get("TAIGA_INSTANCE"),
+                        help="the Taiga to ask (its worker's TAIGA_INSTANCE, by default its namespace; "
+                             "default: $TAIGA_INSTANCE)")
     parser.add_argument("--timeout", type=float, default=6 * 3600)
     sub = parser.add_subparsers(dest="job", required=True)
+    sub.add_parser("instances", help="the Taigas whose workers answer on this broker (JSON)")
     sub.add_parser("backup")
     restore = sub.add_parser("restore")
     restore.add_argument("--snapshot", help="latest, a backup id, or a restic snapshot id")
@@ -108,6 +137,10 @@ def main(argv=None) -> int:
     restore.add_argument("--dry-run", action="store_true", help="answer with the plan, touch nothing")
     args = parser.parse_args(argv)
 
+    if args.job != "instances" and (not args.instance or not _INSTANCE.match(args.instance)):
+        print("chatops_client: name the Taiga with --instance (or TAIGA_INSTANCE): its worker's instance, "
+              "a DNS label such as its namespace", file=sys.stderr)
+        return 2
     if not args.broker_file:
         print("chatops_client: set CELERY_BROKER_URL_FILE (or --broker-file) to a file holding the broker URL",
               file=sys.stderr)
@@ -124,6 +157,8 @@ def main(argv=None) -> int:
     if signing and os.path.isdir(signing["store"]):
         signing["store"] = os.path.join(signing["store"], "*")  # Celery takes a glob
 
+    if args.job == "instances":
+        return list_instances(connect(broker, backend, signing))
     if args.job == "backup":
         name, kwargs = "taiga_backup.backup", {"trigger": "chat"}
     else:
@@ -137,7 +172,7 @@ def main(argv=None) -> int:
         if args.dry_run:
             kwargs["dry_run"] = True
     app = connect(broker, backend, signing)
-    task = app.send_task(name, kwargs=kwargs)
+    task = app.send_task(name, kwargs=kwargs, queue=queue(args.instance))
     return follow(app, task.id, args.timeout)
 
 

@@ -18,6 +18,7 @@ import time
 
 from worker import lookup
 from worker.jobs import requests
+from worker.runtime.stamp import node_name
 from worker.settings import read
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNKNOWN, EXIT_BUSY = 0, 1, 2, 3, 4, 5
@@ -130,9 +131,59 @@ def _say_unknown(info: dict, as_json: bool) -> int:
     return EXIT_UNKNOWN
 
 
+# how long a wait sleeps when nothing is published: only the checks that no message announces
+# (a job gone missing, the --timeout) run on this tick; every state change wakes it at once
+WAIT_TICK = 1.0
+
+
+class _ResultChanges:
+    """Wakes the wait when the job's state changes: Celery's Redis backend publishes every result
+    and progress update on a channel named after its key, so the CLI sees a change as soon as it
+    is stored instead of on its next poll. A backend that cannot (another backend, Redis refusing
+    SUBSCRIBE) leaves the wait polling every WAIT_TICK."""
+
+    def __init__(self, task_id: str):
+        backend = _app().backend
+        self._pubsub = None
+        try:
+            self._pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(backend.get_key_for_task(task_id))
+        except Exception:
+            self.close()
+
+    def wait(self, seconds: float) -> None:
+        if self._pubsub is None:
+            time.sleep(seconds)
+            return
+        try:
+            if self._pubsub.get_message(timeout=seconds) is not None:
+                while self._pubsub.get_message(timeout=0) is not None:  # a burst: one describe for all
+                    pass
+        except Exception:  # Redis went away: poll until the wait ends (describe says why)
+            self.close()
+            time.sleep(seconds)
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:
+                pass
+        self._pubsub = None
+
+
 def wait(task_id: str, timeout: float | None, as_json: bool) -> int:
-    """Follows a job to its end. A job that stays PENDING while no queue, worker or report knows
-    it (lost with a Redis emptied under it, or never sent) ends the wait with EXIT_UNKNOWN."""
+    """Follows a job to its end, woken by each stored change (_ResultChanges). A job that stays
+    PENDING while no queue, worker or report knows it (lost with a Redis emptied under it, or
+    never sent) ends the wait with EXIT_UNKNOWN."""
+    changes = _ResultChanges(task_id)  # subscribed before the first read: no change falls between
+    try:
+        return _follow(task_id, timeout, as_json, changes)
+    finally:
+        changes.close()
+
+
+def _follow(task_id: str, timeout: float | None, as_json: bool, changes: _ResultChanges) -> int:
     tty = sys.stderr.isatty() and not as_json
     deadline = None if timeout is None else time.monotonic() + timeout
     last = missing_since = None
@@ -159,7 +210,7 @@ def wait(task_id: str, timeout: float | None, as_json: bool) -> int:
             print(("\n" if tty else "") + f"taiga-backup: still {info['state']} after {timeout:.0f}s "
                   f"(task {task_id} keeps running; see `taiga-backup status {task_id}`)", file=sys.stderr)
             return EXIT_TIMEOUT
-        time.sleep(0.5)
+        changes.wait(WAIT_TICK if deadline is None else max(0.0, min(WAIT_TICK, deadline - time.monotonic())))
     if tty:
         print("\r\033[K", end="", file=sys.stderr)
     return print_outcome(info, as_json)
@@ -265,6 +316,27 @@ def cmd_jobs(args) -> int:
                     "TASK ID", row)
 
 
+def cmd_fleet(args) -> int:
+    """Every instance on the broker (worker.fleet_view): its worker, last backup, next start,
+    running job, last drill and repository size."""
+    import redis
+
+    from worker import fleet_view
+    from worker.adapters.redis_store import connect
+
+    now = time.time()
+    try:
+        views = fleet_view.fleet(connect(_settings()), now)
+    except redis.RedisError as exc:
+        print(f"taiga-backup: broker unreachable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(views, sort_keys=True))
+    else:
+        print(fleet_view.table(views, now) if views else "no instance has recorded itself on this broker")
+    return EXIT_OK
+
+
 def cmd_init(args) -> int:
     from worker.backups import layout
 
@@ -278,7 +350,7 @@ def cmd_init(args) -> int:
 
 def cmd_worker(args) -> int:
     _settings()  # fail now, naming the variable, not at the first job
-    argv = ["worker", "--loglevel", args.loglevel, "--hostname", f"taiga-backup@{socket.gethostname()}"]
+    argv = ["worker", "--loglevel", args.loglevel, "--hostname", node_name(read("TAIGA_INSTANCE"), socket.gethostname())]
     if args.beat:
         argv += ["--beat", "--schedule", args.schedule_file]
     _app().worker_main(argv)
@@ -286,14 +358,18 @@ def cmd_worker(args) -> int:
 
 
 def cmd_ping(args) -> int:
-    dest = [f"taiga-backup@{socket.gethostname()}"] if args.self_only else None
+    """Only the instance's workers count (node_name): on a shared broker another Taiga's worker
+    answering says nothing about this one."""
+    own = node_name(read("TAIGA_INSTANCE"), "")
+    dest = [own + socket.gethostname()] if args.self_only else None
     try:
         replies = _app().control.ping(destination=dest, timeout=args.timeout)
     except Exception as exc:
         print(f"taiga-backup: broker unreachable: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    replies = [reply for reply in replies or [] if all(node.startswith(own) for node in reply)]
     if not replies:
-        print("taiga-backup: no worker answered", file=sys.stderr)
+        print(f"taiga-backup: no worker of instance {read('TAIGA_INSTANCE')} answered", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(replies) if args.json else f"{len(replies)} worker(s) answered")
     return EXIT_OK
@@ -320,6 +396,9 @@ def cmd_alive(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taiga-backup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"taiga-backup {version()}")
+    parser.add_argument("--instance", default=None,
+                        help="the Taiga to speak for, when several share the broker: its queue and its Redis keys "
+                             "(default: TAIGA_INSTANCE, else this pod's namespace)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def job(name, help_text):
@@ -360,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20, help="at most this many (0: all kept, 30 days)")
     s.set_defaults(func=cmd_jobs)
 
+    s = sub.add_parser("fleet", help="every instance sharing the broker: worker, last backup, next start, running "
+                                     "job, last drill, repository size")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_fleet)
+
     s = sub.add_parser("snapshots", help="list backups (pairs of files + database snapshots)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--kept", action="store_true", help="list the restores' kept previous states instead")
@@ -379,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-age", type=float, default=60.0, help="seconds since the worker's last heartbeat")
     a.set_defaults(func=cmd_alive)
 
-    p = sub.add_parser("ping", help="exit 0 when a worker answers (health checks)")
+    p = sub.add_parser("ping", help="exit 0 when a worker of this instance answers (health checks)")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--self-only", action="store_true", help="only this host's worker")
     p.add_argument("--json", action="store_true")
@@ -389,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.instance is not None:
+        # everything this process reads and sends is that instance's: the app's default queue,
+        # the settings' key namespace, the stamp (all from TAIGA_INSTANCE)
+        os.environ["TAIGA_INSTANCE"] = args.instance
+        try:
+            read("TAIGA_INSTANCE")
+        except Exception as exc:
+            print(f"taiga-backup: --instance: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -19,18 +19,17 @@ from __future__ import annotations
 import json
 import time
 
-from worker.adapters.redis_store import PREFIX, connect, report_key
+from worker.adapters.redis_store import connect, report_key, report_pattern
 
 UNKNOWN = "UNKNOWN"
 UNKNOWN_AFTER = 3.0   # seconds an id must look unknown before it is declared so
-_REPORTS = PREFIX + "report:*"
 _UNACKED = "unacked"  # kombu's Redis transport: delivery tag -> message a worker holds
 
 
 def stored_report(settings, task_id: str) -> dict | None:
     """Our own report (kept in Redis for failures too), if the job got far enough to write one."""
     try:
-        raw = connect(settings).get(report_key(task_id))
+        raw = connect(settings).get(report_key(settings.instance, task_id))
         return json.loads(raw) if raw else None
     except Exception:
         return None
@@ -70,7 +69,7 @@ def recent_jobs(settings, limit: int | None = None) -> list[dict]:
     """The stored reports, newest first: one summary per job (kind, state, start, duration,
     backup id). Reports live 30 days, so this is the last 30 days' jobs that ended."""
     client = connect(settings)
-    keys = list(client.scan_iter(match=_REPORTS, count=1000))
+    keys = list(client.scan_iter(match=report_pattern(settings.instance), count=1000))
     jobs = []
     for raw in client.mget(keys) if keys else []:
         try:

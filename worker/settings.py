@@ -14,6 +14,7 @@ in a traceback without leaking anything.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import ssl
@@ -138,14 +139,34 @@ def _deployments(name, raw):
     return names
 
 
+def _own_namespace() -> str:
+    """The namespace this pod runs in (its service account's), else the seed's `taiga`."""
+    try:
+        return _SA_NAMESPACE.read_text().strip()
+    except OSError:
+        return "taiga"
+
+
 def _namespace(name, raw):
-    if raw is None:
-        try:
-            raw = _SA_NAMESPACE.read_text().strip()
-        except OSError:
-            raw = "taiga"
+    raw = _own_namespace() if raw is None else raw
     if not _K8S_NAME.match(raw):
         raise SettingsError(f"{name}: {raw!r} is not a valid namespace name")
+    return raw
+
+
+# the key names of the one-instance layout (taiga-backup:<word>:...): an instance of that name
+# would be taken for them by the migration (worker.adapters.redis_store.migrate); and `fleet`,
+# the broker-wide keys of all instances (redis_store.FLEET_SLOTS_KEY)
+RESERVED_INSTANCES = ("last", "report", "check", "nonce", "lock", "active", "interrupted", "workers", "fleet")
+
+
+def _instance(name, raw):
+    """A DNS label (it names a queue and a Redis key part, and by default is a namespace)."""
+    raw = _own_namespace() if raw is None else raw
+    if not _K8S_NAME.match(raw):  # a DNS label, as a namespace name is
+        raise SettingsError(f"{name}: {raw!r} is not a DNS label (lower-case letters, digits and -, at most 63)")
+    if raw in RESERVED_INSTANCES:
+        raise SettingsError(f"{name}: {raw!r} is reserved (a key name of the one-instance layout)")
     return raw
 
 
@@ -211,6 +232,55 @@ def _schedule(name, raw):
     return None if raw.lower() in OFF else validate_cron(name, raw)
 
 
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?$")
+DAY_MINUTES = 24 * 60
+
+
+def _window(name, raw):
+    """Whole minutes, written 2h, 90m or 1h30m; 0 (or off): no window. At most 24h: a longer one
+    would only wrap around to the same times of day."""
+    text = raw.lower()
+    if text in ("0", *OFF):
+        return 0
+    match = _DURATION.match(text)
+    if not match or not any(match.groups()):
+        raise SettingsError(f"{name}: expected a duration like 2h, 90m or 1h30m (or 0), got {raw!r}")
+    minutes = int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+    if minutes > DAY_MINUTES:
+        raise SettingsError(f"{name}: at most 24h, got {raw!r}")
+    return minutes
+
+
+def instance_offset(instance: str, window: int) -> int:
+    """This instance's minutes into a window of `window` minutes: from sha256 of its name, so the
+    same on every start and in every process (Python's hash() of a string changes per process)."""
+    if window <= 0:
+        return 0
+    return int.from_bytes(hashlib.sha256(instance.encode()).digest()[:8], "big") % window
+
+
+def shift_cron(expr: str, minutes: int) -> str:
+    """`expr` with every run `minutes` later. The rule (docs/settings.md, BACKUP_WINDOW): the
+    minute field must name one minute, the hours may be any set (they shift together, wrapping
+    past midnight); a run moved past midnight would change its day, so that is refused unless the
+    day-of-month, month and day-of-week fields are all *."""
+    if minutes == 0:
+        return expr
+    _, _, dom, month, dow = expr.split()
+    parsed = cron_schedule(expr)
+    if len(parsed.minute) != 1:
+        raise SettingsError(f"BACKUP_WINDOW needs a BACKUP_SCHEDULE that names one minute (like '10 23 * * *' or "
+                            f"'0 */6 * * *'), got {expr!r}")
+    (minute,) = parsed.minute
+    carry, new_minute = divmod(minute + minutes, 60)
+    if max(parsed.hour) + carry >= 24 and (dom, month, dow) != ("*", "*", "*"):
+        raise SettingsError(f"BACKUP_WINDOW: {minutes} minutes later, a run of BACKUP_SCHEDULE {expr!r} would pass "
+                            f"midnight, into another day than its day fields name: start it earlier by the window, "
+                            f"or leave day of month, month and day of week *")
+    hours = sorted({(hour + carry) % 24 for hour in parsed.hour})
+    return f"{new_minute} {'*' if len(hours) == 24 else ','.join(map(str, hours))} {dom} {month} {dow}"
+
+
 def validate_timezone(name: str, tz: str) -> str:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -271,6 +341,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NONCE_DIR", None, None, _text,
             "with signing: where the worker records each signed request it ran, so a replay is refused even "
             "after Redis restarted empty; default: $BACKUP_FILES_DIR/.taiga-backup-state/nonces"),
+    Setting("TAIGA_INSTANCE", "instance", None, _instance,
+            "the Taiga this worker serves, when several share a broker: its queue is taiga-backup.<instance>, its "
+            "Redis keys taiga-backup:<instance>:..., and it runs only requests naming it; default: the pod's "
+            "namespace, else taiga"),
     # -- repositories --------------------------------------------------------------------------
     Setting("RESTIC_REPOSITORY", "restic_repository", None, _text,
             "base URL of the repositories; `files` and `pg-database` live below it", required=True,
@@ -311,6 +385,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PRUNE_SCHEDULE", None, "40 23 * * *", _schedule, "cron of retention (or off)"),
     Setting("CHECK_SCHEDULE", None, "10 2 * * 0", _schedule, "cron of the repository check (or off)"),
     Setting("VERIFY_SCHEDULE", None, "10 3 * * 0", _schedule, "cron of the restore drill (or off)"),
+    Setting("BACKUP_WINDOW", None, "0", _window,
+            "the nightly backup starts this long (2h, 90m) after BACKUP_SCHEDULE at most: each instance at its own "
+            "minute in it, from a hash of TAIGA_INSTANCE (0: at BACKUP_SCHEDULE)"),
     Setting("BACKUP_TIMEZONE", "timezone", "UTC", validate_timezone, "time zone of the cron schedules"),
     Setting("RESTIC_DAYS_TO_KEEP", "days_to_keep", "30", _integer(1), "keep every backup of this many days"),
     Setting("RESTIC_KEEP_DAILY", "keep_daily", "0", _integer(), "also keep this many daily backups"),
@@ -333,6 +410,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DISCARD_TIMEOUT", "discard_timeout", "600", _number(1), "seconds to forget a failed backup's snapshots"),
     Setting("PRUNE_TIMEOUT", "prune_timeout", "14400", _number(1),
             "seconds for forget --prune of each repository (large ones prune for hours)"),
+    Setting("FLEET_MAX_CONCURRENT_BACKUPS", "fleet_max_backups", "0", _integer(),
+            "at most this many backups at once across every instance on the broker (set it alike on all); "
+            "a backup waits for a slot before it touches the app (0: no cap)"),
     Setting("JOB_LOCK_LEASE", "lock_lease_seconds", "30", _integer(5),
             "seconds of the one-job-per-repository lease (renewed while the job runs)"),
     Setting("RESTIC_LOCK_WAIT", "restic_lock_wait", "120", _number(), "seconds to wait for someone else's restic lock"),
@@ -378,6 +458,18 @@ def read(name: str, env=None):
             raise SettingsError(s.missing or f"{name} must be set")
         raw = s.default
     return s.parse(name, raw)
+
+
+def backup_cron(env=None) -> str | None:
+    """What beat runs for the nightly backup: BACKUP_SCHEDULE moved by this instance's offset in
+    BACKUP_WINDOW (instance_offset), so instances sharing a broker and a schedule do not all
+    start at once. Whether a schedule can take the window is decided by the window's last
+    minute, never by the instance: one configuration is valid for all instances or for none."""
+    expr, window = read("BACKUP_SCHEDULE", env), read("BACKUP_WINDOW", env)
+    if expr is None or not window:
+        return expr
+    shift_cron(expr, window - 1)
+    return shift_cron(expr, instance_offset(read("TAIGA_INSTANCE", env), window))
 
 
 def broker_urls(env=None) -> tuple[str, str]:
@@ -447,6 +539,7 @@ class Settings:
 
     broker_url: str
     result_backend: str
+    instance: str
     restic_repository: str
     restic_password_file: str
     restic_new_password_file: str | None
@@ -483,6 +576,7 @@ class Settings:
     restore_timeout: float
     discard_timeout: float
     prune_timeout: float
+    fleet_max_backups: int
     lock_lease_seconds: int
     restic_lock_wait: float
     check_subset_parts: int
@@ -522,6 +616,7 @@ class Settings:
             if not s.field:
                 read(s.env, env)
         signing(env)  # refuses half a signing configuration
+        backup_cron(env)  # refuses a window the backup's schedule cannot take
         values["redis_ssl"] = redis_tls(env, (values["broker_url"], values["result_backend"]))
         return cls(**values)
 
@@ -550,4 +645,5 @@ class Settings:
 
 
 __all__ = ["Settings", "SettingsError", "Secret", "SETTINGS", "Setting", "read", "read_secret", "broker_urls",
-           "redis_tls", "signing", "cron_schedule", "validate_cron", "validate_timezone"]
+           "redis_tls", "signing", "cron_schedule", "validate_cron", "validate_timezone", "backup_cron",
+           "instance_offset", "shift_cron"]

@@ -138,3 +138,26 @@ def test_restic_dying_first_in_the_pipe_is_the_error_reported_not_pg_dumps_broke
     assert err.value.kind == "wrong-password", str(err.value)
     assert str(err.value).startswith("restic backup --stdin (repo) failed")
     assert "Broken pipe" not in str(err.value) and "pg_dump" not in str(err.value)
+
+
+def test_a_stream_held_up_by_restic_at_the_deadline_names_restic_not_the_producer(tmp_path):
+    """restic waits on a repository endpoint that accepts and never answers (as a dead S3 endpoint
+    behind a load balancer does) while the producer fills the pipe: at the deadline both are
+    killed, and restic is named - the producer only waited for it, whatever restic printed."""
+    import socket
+
+    from worker.adapters import process
+    from worker.adapters.restic import Repository, ResticError
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        password = tmp_path / "password"
+        password.write_text("pw\n")
+        repo = Repository(f"rest:http://127.0.0.1:{silent.getsockname()[1]}/repo", str(password),
+                          host="taiga-backup", name="silent")
+        with pytest.raises(ResticError) as err:
+            repo.backup_pipe(["yes"], process.child_env(), ["t"], producer_what="pg_dump", timeout=3)
+    finally:
+        silent.close()
+    assert str(err.value).startswith("restic backup --stdin (silent) did not finish before its deadline"), str(err.value)
+    assert "pg_dump" not in str(err.value)

@@ -19,7 +19,7 @@ from worker.jobs.backup_flow import take_backup
 from worker.errors import JobFailed, RequestInvalid
 from worker.jobs.job import run_job
 from worker.backups import retention
-from worker.adapters.redis_store import CHECK_PART_KEY, connect as redis_connect
+from worker.adapters.redis_store import check_part_key, connect as redis_connect
 
 DAY = timedelta(days=1)
 
@@ -155,7 +155,7 @@ def test_check_reads_a_rotating_subset_and_reports_damage_as_failure(repos, monk
     for repo in ("files", "pg-database"):
         snapshot(site, repo, datetime.now(timezone.utc), "taiga-backup")
     monkeypatch.setenv("CHECK_SUBSET_PARTS", "3")
-    redis_connect(site.settings()).delete(CHECK_PART_KEY)  # the rotation starts again (Redis is shared)
+    redis_connect(site.settings()).delete(check_part_key(site.instance))  # the rotation starts again (Redis is shared)
 
     first = run_job(None, "check", check_repositories)
     second = run_job(None, "check", check_repositories)
@@ -167,7 +167,7 @@ def test_check_reads_a_rotating_subset_and_reports_damage_as_failure(repos, monk
     with pytest.raises(JobFailed) as err:
         run_job(None, "check", lambda job: check_repositories(job, "100%"))
     assert str(err.value).startswith("check_files: repository files is damaged: ")
-    stored = json.loads(redis_connect(site.settings()).get("taiga-backup:last:check:failure"))
+    stored = json.loads(redis_connect(site.settings()).get("taiga-backup:taiga:last:check:failure"))
     files = stored["repositories"]["files"]
     assert files["ok"] is False and any("does not match" in f or "ciphertext" in f for f in files["findings"])
     assert stored["repositories"]["pg-database"]["ok"] is True  # still checked after the damage was found

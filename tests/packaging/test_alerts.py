@@ -133,6 +133,10 @@ def test_metrics_carry_kind_not_job(live_metric_names):
     labelled = [s for f in families.values() if f.name.startswith("taiga_backup_") for s in f.samples]
     assert not [s.name for s in labelled if "job" in s.labels]
     assert any("kind" in s.labels for s in labelled)
+    # likewise `instance` (the target's host:port): the instance is `taiga_instance`, on every series
+    served = [s for f in families.values() for s in f.samples]
+    assert not [s.name for s in served if "instance" in s.labels]
+    assert {s.labels.get("taiga_instance") for s in served} == {"taiga"}
     (info,) = families["taiga_backup_build_info"].samples
     from importlib.metadata import version
 
@@ -175,13 +179,20 @@ MIN = 60
 HOUR = 3600
 
 
+INSTANCE = NAMESPACE  # the chart's default instance: the release's namespace
+
+
 def series(name: str, values: str, **labels) -> dict:
-    labels = {"namespace": NAMESPACE, **labels}
+    """A series as the worker serves it (every one with `taiga_instance`); `up` is the target's
+    own, without it."""
+    labels = {"namespace": NAMESPACE, **({} if name == "up" else {"taiga_instance": INSTANCE}), **labels}
     return {"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}", "values": values}
 
 
 def alert(**labels) -> dict:
-    return {"exp_labels": {"namespace": NAMESPACE, **labels}}
+    """The labels of an alert on the worker's metrics; WorkerDown's, from `up`, pass taiga_instance=None."""
+    labels = {"namespace": NAMESPACE, "taiga_instance": INSTANCE, **labels}
+    return {"exp_labels": {k: v for k, v in labels.items() if v is not None}}
 
 
 def rule_tests(names: set[str]) -> list[dict]:
@@ -191,10 +202,12 @@ def rule_tests(names: set[str]) -> list[dict]:
     for name in (ok, start, last):
         assert name in names, f"the worker does not export {name}"
     tests = [
-        {   # a failed backup alerts at once; another namespace's failure is not ours
+        {   # a failed backup alerts at once; another namespace's failure is not ours, nor another
+            # instance's in this namespace (its own release alerts on it)
             "interval": "1m",
             "input_series": [series(ok, "1 1 0x10 1", kind="backup"), series(ok, "0x13", kind="backup",
-                                                                               namespace="other")],
+                                                                               namespace="other"),
+                             series(ok, "0x13", kind="backup", taiga_instance="other")],
             "alert_rule_test": [
                 {"eval_time": "1m", "alertname": "TaigaBackupFailed", "exp_alerts": []},
                 {"eval_time": "3m", "alertname": "TaigaBackupFailed", "exp_alerts": []},  # pending (for: 5m)
@@ -216,7 +229,7 @@ def rule_tests(names: set[str]) -> list[dict]:
                 {"eval_time": "5m", "alertname": "TaigaBackupWorkerDown", "exp_alerts": []},
                 {"eval_time": "12m", "alertname": "TaigaBackupWorkerDown", "exp_alerts": []},  # pending
                 {"eval_time": "20m", "alertname": "TaigaBackupWorkerDown",
-                 "exp_alerts": [alert(severity="critical", service=SERVICE)]},
+                 "exp_alerts": [alert(severity="critical", service=SERVICE, taiga_instance=None)]},
             ],
         },
         {   # never scraped at all in this namespace (another namespace's worker is up)
@@ -224,7 +237,7 @@ def rule_tests(names: set[str]) -> list[dict]:
             "input_series": [series("up", "1x30", service=SERVICE, job=SERVICE, namespace="other")],
             "alert_rule_test": [
                 {"eval_time": "20m", "alertname": "TaigaBackupWorkerDown",
-                 "exp_alerts": [alert(severity="critical", service=SERVICE)]},
+                 "exp_alerts": [alert(severity="critical", service=SERVICE, taiga_instance=None)]},
             ],
         },
         {   # a worker that is up: no alert

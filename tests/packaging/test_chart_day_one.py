@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from packaging_support import (FULLNAME, KeptSecrets, cluster, free_port, helm,  # noqa: F401 (fixtures)
-                               installed, kept_secret, one, render, worker_container)
+                               installed, kept_secret, mounted_files, one, render, secret_keys,
+                               worker_container)
 from test_chart_render import MATRIX
 
 WORKER_DEFAULT_SCHEDULES = {"PRUNE_SCHEDULE": "40 23 * * *", "CHECK_SCHEDULE": "10 2 * * 0",
@@ -93,6 +94,49 @@ def test_drill_scratch_can_be_an_existing_claim_without_the_chown(helm):
     _, volume, inits = scratch_volume(render(helm, {"verify": {"scratch": {"existingClaim": "drill-space",
                                                                            "chown": False}}}))
     assert volume["persistentVolumeClaim"] == {"claimName": "drill-space"} and inits == {}
+
+
+# -- 3b. restic's cache can outlive the pod ---------------------------------------------------------
+
+CACHE_DIR = "/var/cache/taiga-backup"  # XDG_CACHE_HOME (docker/Dockerfile)
+
+
+def cache_volume(pod: dict, container: dict) -> dict:
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == CACHE_DIR]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return volume
+
+
+def test_restic_cache_on_a_pvc_of_its_own(helm):
+    """A new pod need not read every index from the repository again; the claim is a cache, so it goes
+    with the release (no resource-policy keep), and a fresh volume is made the worker's first."""
+    objects = render(helm, {"restic": {"cache": {"persistence": {"enabled": True, "size": "8Gi",
+                                                                 "storageClassName": "fast"}}},
+                            "flower": {"enabled": True, "basicAuth": {"credentials": "a:b"}}})
+    claim = one(objects, "PersistentVolumeClaim", f"{FULLNAME}-restic-cache")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    assert claim["spec"]["storageClassName"] == "fast" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "helm.sh/resource-policy" not in claim["metadata"].get("annotations", {})
+    pod, container = worker_container(objects)
+    assert cache_volume(pod, container) == {"name": "cache", "persistentVolumeClaim": {
+        "claimName": f"{FULLNAME}-restic-cache"}}
+    owner = {c["name"]: c for c in pod["initContainers"]}["cache-owner"]
+    assert owner["command"] == ["chown", "999:999", CACHE_DIR]
+    assert owner["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    # Flower runs no restic (and a ReadWriteOnce claim is the worker's): an emptyDir there
+    flower = one(objects, "Deployment", f"{FULLNAME}-flower")["spec"]["template"]["spec"]
+    assert "emptyDir" in cache_volume(flower, flower["containers"][0])
+
+
+def test_restic_cache_existing_claim_and_default(helm):
+    objects = render(helm, {"restic": {"cache": {"persistence": {"enabled": True, "existingClaim": "my-cache",
+                                                                 "chown": False}}}})
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    pod, container = worker_container(objects)
+    assert cache_volume(pod, container)["persistentVolumeClaim"] == {"claimName": "my-cache"}
+    assert "cache-owner" not in {c["name"] for c in pod.get("initContainers", [])}
+    pod, container = worker_container(render(helm, {}))
+    assert "emptyDir" in cache_volume(pod, container)  # off by default
 
 
 # -- 4. escape hatches: what an operator adds without forking the chart -----------------------------
@@ -229,3 +273,28 @@ def test_rendered_redis_arguments_and_config_run_a_real_redis_that_demands_the_p
         server.terminate()
         server.wait(timeout=10)
 
+
+
+@pytest.mark.parametrize("values, files", [
+    ({"webhookUrl": "https://hooks.example/T0/x"}, {"NOTIFY_WEBHOOK_URL_FILE"}),
+    ({"existingSecret": "alerts"}, {"NOTIFY_WEBHOOK_URL_FILE", "HEALTHCHECK_PING_URL_FILE"}),
+    ({"existingSecret": "alerts", "existingSecretKeys": ["healthcheck-ping-url"]}, {"HEALTHCHECK_PING_URL_FILE"}),
+    ({}, set()),
+], ids=["from-values", "existing-both", "existing-ping-only", "off"])
+def test_notification_urls_reach_the_worker_as_files_only(helm, values, files):
+    """The URLs carry tokens: the worker reads them from files of the notify Secret, never from
+    a variable (a variable is in `kubectl describe`, /proc/<pid>/environ and crash dumps)."""
+    pod, container = worker_container(render(helm, {"notify": values}))
+    env = {e["name"]: e for e in container["env"]}
+    assert {"NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL"} & set(env) == set()
+    assert {n for n in env if n.endswith("_URL_FILE") and "CELERY" not in n} == files
+    mounts = mounted_files(pod, container)
+    for name in files:
+        directory, key = env[name]["value"].rsplit("/", 1)
+        assert secret_keys(mounts[directory]) == ("alerts" if values.get("existingSecret") else
+                                                  f"{FULLNAME}-notify", set(files_keys(files)))
+        assert key in files_keys(files)
+
+
+def files_keys(files: set[str]) -> set[str]:
+    return {name.removesuffix("_FILE").lower().replace("_", "-") for name in files}

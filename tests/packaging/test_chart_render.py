@@ -61,6 +61,34 @@ MATRIX = {
                                                             "taiga-extra-deployment"]}},
 }
 
+
+
+def merged(*cases: dict) -> dict:
+    """The cases' values deep-merged (mappings merged key by key, anything else: the last one wins)."""
+    out: dict = {}
+    for case in cases:
+        for key, value in case.items():
+            out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# issue 21: every optional part at once, so no two of them collide (a volume or an env name twice, a
+# NetworkPolicy that misses Flower...) unnoticed; the cases above each turn on one.
+MATRIX["notify-from-values"] = {"notify": {"webhookUrl": "https://hooks.example/T0/B0/x",
+                                           "healthcheckPingUrl": "https://hc-ping.example/uuid"}}
+MATRIX["notify-existing-secret-ping-only"] = {"notify": {"existingSecret": "alerts",
+                                                         "existingSecretKeys": ["healthcheck-ping-url"]}}
+MATRIX["everything-on"] = merged(
+    *(MATRIX[c] for c in ("notify-from-values", "flower-basic-auth", "s3-repository", "metrics-servicemonitor-alerts-dashboard",
+                          "escape-hatches", "chatops-from-another-namespace", "signing-with-a-bot-certificate",
+                          "restore-deployments-changed")),
+    {"restic": {"cache": {"persistence": {"enabled": True, "size": "10Gi", "storageClassName": "fast"}}},
+     "verify": {"scratch": {"size": "40Gi", "storageClassName": "fast"}},
+     "image": {"pgMajor": 17},
+     "metrics": {"serviceMonitor": {"labels": {"release": "kube-prometheus-stack"}}},
+     "prometheusRule": {"labels": {"release": "kube-prometheus-stack"}},
+     "dashboard": {"annotations": {"grafana_folder": "Backups"}}})
+
 # Secrets whose contents the chart generates (a password, a key pair).
 GENERATED_SECRETS = {f"{FULLNAME}-redis", f"{FULLNAME}-signing"}
 
@@ -126,8 +154,11 @@ def test_every_manifest_validates_strictly(helm, case, kube_version):
     assert {"Deployment", "Role", "RoleBinding", "ServiceAccount"} <= kinds
     if case == "metrics-servicemonitor-alerts-dashboard":
         assert {"ServiceMonitor", "PrometheusRule", "ConfigMap"} <= kinds
+    if case == "everything-on":
+        assert {"ServiceMonitor", "PrometheusRule", "PersistentVolumeClaim", "NetworkPolicy"} <= kinds
+        assert len([o for o in objects if o["kind"] == "PersistentVolumeClaim"]) == 2  # Redis, restic cache
     if case == "defaults":
-        assert not kinds & {"ServiceMonitor", "PrometheusRule"}  # off by default
+        assert not kinds & {"ServiceMonitor", "PrometheusRule", "PersistentVolumeClaim"}  # off by default
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=list(MATRIX))
@@ -220,7 +251,7 @@ def test_flower_gets_no_key_the_worker_trusts(helms):
 # -- RBAC: exactly what the code calls --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["defaults", "restore-deployments-changed"])
+@pytest.mark.parametrize("case", ["defaults", "restore-deployments-changed", "everything-on"])
 def test_role_is_exactly_required_rbac(helm, case):
     from worker.adapters.kube import REQUIRED_RBAC
 
@@ -350,3 +381,22 @@ def test_notes_commands_are_cli_commands(helm, dry_run_env):
             except SystemExit:
                 unparsable.append(" ".join(argv))
     assert unparsable == []
+
+
+def test_the_instance_is_the_release_namespace_unless_set(helms):
+    def instance(values):
+        _, container = worker_container(render(helms["4"], values))
+        return {e["name"]: e.get("value") for e in container["env"]}["TAIGA_INSTANCE"]
+
+    assert instance({}) == NAMESPACE
+    assert instance({"instance": "taiga-b"}) == "taiga-b"
+
+
+def test_the_backup_window_and_the_fleet_cap_are_rendered(helms):
+    def env(values):
+        _, container = worker_container(render(helms["4"], values))
+        found = {e["name"]: e.get("value") for e in container["env"]}
+        return found["BACKUP_WINDOW"], found["FLEET_MAX_CONCURRENT_BACKUPS"]
+
+    assert env({}) == ("0", "0")
+    assert env({"schedule": {"backupWindow": "2h"}, "fleet": {"maxConcurrentBackups": 3}}) == ("2h", "3")

@@ -110,7 +110,7 @@ def test_rendered_flower_refuses_to_queue_a_restore(helms, redis_server, tmp_pat
     port = free_port()
     args = [a if not a.startswith("--port=") else f"--port={port}" for a in container["args"]]
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CELERY_BROKER_URL": redis_server.url,
-           "FLOWER_BASIC_AUTH": "ops:pw", "FLOWER_ADDRESS": "127.0.0.1"}
+           "FLOWER_BASIC_AUTH": "ops:pw", "FLOWER_ADDRESS": "127.0.0.1", "TAIGA_INSTANCE": "taiga"}
     env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"  # the venv's celery
     flower = subprocess.Popen(args, env=env, cwd=str(CHART.parents[1]), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -130,7 +130,8 @@ def test_rendered_flower_refuses_to_queue_a_restore(helms, redis_server, tmp_pat
             except OSError:
                 threading.Event().wait(0.1)
         assert status == 403
-        assert redis.Redis.from_url(redis_server.url).llen("celery") == 0
+        client = redis.Redis.from_url(redis_server.url)
+        assert client.llen("taiga-backup.taiga") == client.llen("celery") == 0
     finally:
         flower.terminate()
         flower.wait(timeout=20)

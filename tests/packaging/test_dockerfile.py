@@ -12,8 +12,10 @@ import fnmatch
 import json
 import os
 import re
+import shlex
 import subprocess
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -202,6 +204,37 @@ def test_postgres_client_comes_from_pgdg_for_pg_major():
     assert '"postgresql-client-${PG_MAJOR}"' in runs
     assert "apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" in runs
     assert "signed-by=" in runs
+
+
+OCI_LABELS = {"title", "description", "source", "licenses", "version", "revision", "created", "url",
+              "documentation"}
+
+
+def image_labels(stage: dict) -> dict[str, str]:
+    """The final stage's LABELs, with its ARG defaults (and the global ones) filled in."""
+    args = {**dockerfile_stages()[0], **stage["args"]}
+    labels = {}
+    for rest in stage_instructions(stage, "LABEL"):
+        for word in shlex.split(rest):
+            key, _, value = word.partition("=")
+            labels[key] = expand(value, args)
+    return labels
+
+
+def test_oci_labels_come_from_build_arguments():
+    """Every standard OCI label is set; version, revision and created come from ARGs the release
+    workflow passes (a local build says dev / unknown / the epoch), after every RUN and COPY, so a new
+    revision rebuilds no layer."""
+    stage = final_stage()
+    labels = image_labels(stage)
+    assert {k.removeprefix("org.opencontainers.image.") for k in labels} == OCI_LABELS
+    oci = {k.removeprefix("org.opencontainers.image."): v for k, v in labels.items()}
+    assert (oci["version"], oci["revision"], oci["created"]) == ("dev", "unknown", "1970-01-01T00:00:00Z")
+    assert datetime.fromisoformat(oci["created"])  # RFC 3339
+    assert oci["source"].startswith("https://") and oci["documentation"].startswith(oci["source"])
+    assert stage["args"]["PG_MAJOR"] in oci["description"]
+    keywords = [kw for kw, _ in stage["instructions"]]
+    assert keywords.index("LABEL") > max(i for i, kw in enumerate(keywords) if kw in ("RUN", "COPY"))
 
 
 def test_project_is_installed_from_the_lock():

@@ -146,7 +146,7 @@ def test_round_trip_through_the_image(containers, podman, site):
     # The health check pings this container's worker only: from another container (another host
     # name) the same command finds no worker of its own.
     other = containers.run("ping", "--self-only", "--timeout", "2", timeout=60)
-    assert other.returncode != 0 and "no worker answered" in other.stderr
+    assert other.returncode != 0 and "no worker of instance taiga answered" in other.stderr
     # the chart's liveness probe: the heartbeat file, on the read-only image's writable /tmp
     alive = podman("exec", worker, "taiga-backup", "alive", check=False)
     assert alive.returncode == 0, alive.stderr
@@ -221,6 +221,9 @@ def test_healthcheck_is_ping_self_only(podman, image):
     assert inspected["Healthcheck"]["Test"] == ["CMD", "taiga-backup", "ping", "--self-only"]
     assert config["User"] == "999:999"
     assert config["Entrypoint"][:2] == ["/usr/bin/tini", "--"]
+    labels = config["Labels"]
+    for name in ("title", "source", "version", "revision", "created", "licenses"):
+        assert labels.get(f"org.opencontainers.image.{name}"), name
 
 
 def test_entrypoint_forwards_every_cli_subcommand_in_the_image(podman, image):

@@ -73,6 +73,9 @@ BAD_VALUES = [
     ("alert threshold as a string", "prometheusRule.backupMaxAgeHours", "26"),
     ("dashboard label that is not a string", "dashboard.labels", {"grafana_dashboard": 1}),
     ("unknown key in prometheusRule", "prometheusRule.severity", "page"),
+    ("negative fleet cap", "fleet.maxConcurrentBackups", -1),
+    ("fleet cap as a string", "fleet.maxConcurrentBackups", "2"),
+    ("backup window in seconds", "schedule.backupWindow", "30s"),
 ]
 
 
@@ -161,3 +164,34 @@ def test_chart_metadata():
     assert chart["name"] == "taiga-backup" == CHART.name
     assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
     assert chart["type"] == "application"
+
+
+def test_the_instance_is_checked_as_the_worker_checks_it():
+    """Same DNS label and reserved words as worker.settings, so a bad `instance` fails at install,
+    not when the worker starts."""
+    from worker.settings import RESERVED_INSTANCES, SettingsError, read
+
+    schema = values_schema()["properties"]["instance"]
+    assert schema["not"]["enum"] == list(RESERVED_INSTANCES)
+    for name in ("taiga-b", "Taiga", "a_b", "-a", "a" * 64, "report"):
+        try:
+            read("TAIGA_INSTANCE", {"TAIGA_INSTANCE": name})
+            worker_ok = True
+        except SettingsError:
+            worker_ok = False
+        assert jsonschema.Draft7Validator(schema).is_valid(name) == worker_ok, name
+
+
+def test_the_backup_window_is_checked_as_the_worker_checks_it():
+    """The form the worker reads (BACKUP_WINDOW), so a typo fails at install; a sum past 24h
+    (24h30m) is left to the worker's own check at start."""
+    from worker.settings import SettingsError, read
+
+    schema = values_schema()["properties"]["schedule"]["properties"]["backupWindow"]
+    for value in ("0", "2h", "90m", "1h30m", "24h", "", "90", "2 h", "1d", "30s", "25h", "-1h", "h"):
+        try:
+            read("BACKUP_WINDOW", {"BACKUP_WINDOW": value}) if value else None
+            worker_ok = bool(value)
+        except SettingsError:
+            worker_ok = False
+        assert jsonschema.Draft7Validator(schema).is_valid(value) == worker_ok, value

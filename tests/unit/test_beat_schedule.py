@@ -48,3 +48,21 @@ def test_beat_schedule_from_settings():
     assert default["backup"]["schedule"].hour == {23} and default["backup"]["schedule"].minute == {10}
     with pytest.raises(SettingsError):
         beat_schedule.build_schedule({"PRUNE_SCHEDULE": "every night"})
+
+
+def test_beat_and_every_client_send_to_the_instances_queue():
+    """No queue in the schedule's entries: they go to the app's default queue, the instance's."""
+    from worker.celery_app import make_app
+
+    app = make_app({"TAIGA_INSTANCE": "taiga-b", "CELERY_BROKER_URL": "memory://"})
+    assert app.conf.task_default_queue == "taiga-backup.taiga-b"
+    assert all("queue" not in entry.get("options", {}) for entry in app.conf.beat_schedule.values())
+    assert app.amqp.router.route({}, "taiga_backup.backup")["queue"].name == "taiga-backup.taiga-b"
+
+
+def test_beat_runs_the_backup_at_the_instances_minute_of_the_window():
+    plain = beat_schedule.build_schedule({"TAIGA_INSTANCE": "taiga-b"})
+    moved = beat_schedule.build_schedule({"TAIGA_INSTANCE": "taiga-b", "BACKUP_WINDOW": "2h"})
+    assert (plain["backup"]["schedule"].hour, plain["backup"]["schedule"].minute) == ({23}, {10})
+    assert (moved["backup"]["schedule"].hour, moved["backup"]["schedule"].minute) == ({23}, {58})
+    assert moved["prune"]["schedule"] == plain["prune"]["schedule"]  # only the backup moves

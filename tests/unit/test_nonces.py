@@ -111,14 +111,14 @@ def test_a_replay_is_refused_after_redis_restarted_empty_and_when_either_store_s
     files, redis = NonceFiles(str(tmp_path / "nonces"), TTL), fakeredis.FakeRedis()
     t = task()
     value = stamped(t)
-    security.check_stamp(t, value, files, redis, TTL)
+    security.check_stamp(t, value, files, redis, TTL, "taiga")
     redis.flushall()  # Redis without persistence, restarted
     with pytest.raises(security.RequestRefused, match="already run once"):
-        security.check_stamp(t, value, files, redis, TTL)
+        security.check_stamp(t, value, files, redis, TTL, "taiga")
     seen_by_redis_only = stamped(t)  # e.g. run by a worker with a nonce directory of its own
-    redis.set("taiga-backup:nonce:" + seen_by_redis_only["nonce"], "x")
+    redis.set("taiga-backup:taiga:nonce:" + seen_by_redis_only["nonce"], "x")
     with pytest.raises(security.RequestRefused, match="already run once"):
-        security.check_stamp(t, seen_by_redis_only, files, redis, TTL)
+        security.check_stamp(t, seen_by_redis_only, files, redis, TTL, "taiga")
 
 
 def test_a_request_that_cannot_be_recorded_is_refused(tmp_path):
@@ -126,14 +126,14 @@ def test_a_request_that_cannot_be_recorded_is_refused(tmp_path):
     files = NonceFiles(str(tmp_path / "a-file" / "nonces"), TTL)
     t = task()
     with pytest.raises(security.RequestRefused, match="cannot record the request in NONCE_DIR .*not run"):
-        security.check_stamp(t, stamped(t), files, fakeredis.FakeRedis(), TTL)
+        security.check_stamp(t, stamped(t), files, fakeredis.FakeRedis(), TTL, "taiga")
 
 
 def test_a_stamp_living_longer_than_the_workers_ttl_is_refused(tmp_path):
     files, t = NonceFiles(str(tmp_path / "nonces"), TTL), task()
     with pytest.raises(security.RequestRefused, match="longer than this worker allows"):
-        security.check_stamp(t, stamped(t, ttl=3600), files, fakeredis.FakeRedis(), TTL)
-    security.check_stamp(t, stamped(t, ttl=TTL + security.CLOCK_SKEW - 5), files, fakeredis.FakeRedis(), TTL)
+        security.check_stamp(t, stamped(t, ttl=3600), files, fakeredis.FakeRedis(), TTL, "taiga")
+    security.check_stamp(t, stamped(t, ttl=TTL + security.CLOCK_SKEW - 5), files, fakeredis.FakeRedis(), TTL, "taiga")
 
 
 def test_a_retried_message_is_valid_for_the_ttl_from_its_eta():
@@ -159,3 +159,19 @@ def test_the_records_live_in_a_state_folder_of_the_media_that_backups_and_restor
     NonceFiles(str(tmp_path / media.STATE / "nonces"), TTL).first_seen(nonce(), time.time() + TTL)
     assert tree_state.take(str(tmp_path), skip=(media.STATE,)).digest == after.digest  # a signed link ran
     assert tree_state.take(str(tmp_path)).digest != whole.digest  # what the backup would have seen
+
+
+def test_a_request_for_another_instance_is_refused_and_one_naming_none_only_unsigned():
+    t = task()
+    body = ((), {}, {})
+    security.stamp(body, {"task": t.name, "id": t.request.id}, TTL, "taiga-a")
+    value = body[1][security.STAMP]
+    security.check_instance(t, value, "taiga-a", signed=True)
+    for signed in (True, False):
+        with pytest.raises(security.RequestRefused, match="for instance 'taiga-a', this worker serves 'taiga-b'"):
+            security.check_instance(t, value, "taiga-b", signed)
+    unnamed = stamped(t)
+    security.check_instance(t, unnamed, "taiga-b", signed=False)  # contract 1, signing off
+    security.check_instance(t, None, "taiga-b", signed=False)     # a plain Celery bot, signing off
+    with pytest.raises(security.RequestRefused, match="names no instance"):
+        security.check_instance(t, unnamed, "taiga-b", signed=True)

@@ -1,11 +1,12 @@
-"""Fixtures of the worker tests that more than one file uses: the test PKI (made once per file)
-and a worker that runs only signed messages."""
+"""Fixtures of the worker tests that more than one file uses: the test PKI (made once per file),
+a worker that runs only signed messages, and a second instance on the broker."""
 
 from __future__ import annotations
 
 import pytest
 
 from testkit.pki import make_pki, start_signed_worker
+from testkit.site import another_instance
 
 
 @pytest.fixture(scope="module")
@@ -20,3 +21,9 @@ def signed_worker(repos, pki, tmp_path):
         yield worker
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def site_b(repos, tmp_path):
+    """A second Taiga, `taiga-b`, on the same broker as `repos` (instance `taiga`)."""
+    return another_instance(repos, tmp_path / "site-b", "taiga-b")

@@ -16,7 +16,7 @@ from celery.result import AsyncResult
 
 from testkit import dataset
 from testkit.faults import ANNOTATION, app_at_zero, app_back, dump_blocked, snapshot_ids, wait_until
-from testkit.scenarios import BACKUP_CHAIN, hold_table_lock
+from testkit.scenarios import BACKUP_CHAIN, hold_table_lock, reconcile_now
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE, descendants
 from worker.jobs import backup_flow
 
@@ -150,7 +150,7 @@ def test_the_app_is_resumed_after_a_failure_in_any_step(step, repos, start_worke
         for fn in undo:
             fn()
     assert text.startswith(expected), text
-    report = json.loads(redis_of(site).get(f"taiga-backup:report:{result.id}"))
+    report = json.loads(redis_of(site).get(f"taiga-backup:taiga:report:{result.id}"))
     links = links_of(celery_client, result.id)
     assert [m["name"] for m in links] == BACKUP_CHAIN  # the chain ran to its end: steps pass failures on
     if step == "media_prepass":
@@ -196,13 +196,13 @@ def test_a_lease_lost_mid_chain_stops_the_chain_before_it_does_harm(repos, start
     assert "the job lease was lost" in text and "other-job" in text, text
     names = [m["name"] for m in links_of(celery_client, result.id)]
     assert names == BACKUP_CHAIN
-    report = json.loads(client.get(f"taiga-backup:report:{result.id}"))
+    report = json.loads(client.get(f"taiga-backup:taiga:report:{result.id}"))
     assert "db_snapshot" not in report["steps"] and "restic_backup" not in report["steps"]
     assert "resume" not in report["steps"]
     assert snapshot_ids(site, "pg-database") == []
     assert app_at_zero(site) and client.get(lock.key) == other.encode()  # not resumed, lease not released
     client.delete(lock.key)
-    assert celery_client.send_task("taiga_backup.reconcile").get(timeout=60)["state"] == "ok"
+    assert reconcile_now(celery_client)["state"] == "ok"
     assert app_back(site)
 
 
@@ -362,7 +362,7 @@ def test_a_pre_pass_dying_while_the_app_quiesces_fails_the_job_and_the_app_comes
     finally:
         undo()
     assert text.startswith("media_prepass: "), text
-    report = json.loads(redis_of(site).get(f"taiga-backup:report:{result.id}"))
+    report = json.loads(redis_of(site).get(f"taiga-backup:taiga:report:{result.id}"))
     assert report["backup_complete"] is False and "restic_backup" not in report["steps"]
     assert [m["name"] for m in links_of(celery_client, result.id)] == BACKUP_CHAIN
     wait_until(lambda: app_back(site), 30, "the app back")

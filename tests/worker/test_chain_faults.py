@@ -15,7 +15,7 @@ from kombu import pools
 
 from testkit.chain_checks import REPOS, latest, received, report_of, snapshots, tagged_with
 from testkit.faults import app_at_zero, app_back, dump_blocked, wait_until
-from testkit.scenarios import BACKUP_CHAIN, hold_table_lock, run_backup
+from testkit.scenarios import BACKUP_CHAIN, hold_table_lock, reconcile_now, run_backup
 from testkit.site import BACKUP_DEPLOYMENTS
 from worker.adapters.redis_store import connect as redis_connect
 from worker.backups import catalog
@@ -49,7 +49,7 @@ def test_a_lease_lost_while_the_dump_streams_does_not_keep_the_app_down_for_the_
                             "token": "x"})
         client.set(lease.key, other, ex=300)
         wait_until(lambda: "taiga_backup.finish" in received(site), 60, "the last link waiting for the dump")
-        reconcile = celery_client.send_task("taiga_backup.reconcile").get(timeout=60)
+        reconcile = reconcile_now(celery_client)
         assert set(reconcile.get("resumed") or {}) == set(BACKUP_DEPLOYMENTS), reconcile
         assert app_back(site) and dump_blocked(site), "the app must be back while the dump still waits"
     finally:
@@ -165,7 +165,7 @@ def test_redis_restarted_empty_at_each_link_leaves_the_app_up_and_a_whole_backup
             break
         if time.monotonic() - t0 > 15:  # beat's reconcile, for a chain that broke
             try:
-                beat.send_task("taiga_backup.reconcile").get(timeout=30)
+                reconcile_now(beat, timeout=30)
             except Exception as exc:  # the client's pooled connection from before the restart
                 print(f"reconcile: {exc!r}")
         time.sleep(0.5)

@@ -19,7 +19,8 @@ from testkit.pki import signing_env
 
 CHATOPS = str(Path(sys.executable).with_name("taiga-backup-chatops"))  # the installed console script
 
-# the whole bot when signing is off: Celery, the broker URL, a task name and its documented kwargs
+# the whole bot when signing is off: Celery, the broker URL, a task name and its documented kwargs,
+# sent to the instance's queue (contract 2)
 CELERY_ONLY_BOT = r"""
 import json, sys
 from celery import Celery
@@ -27,7 +28,8 @@ url = open(sys.argv[1]).read().strip()
 app = Celery(broker=url, backend=url)
 app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                 result_accept_content=["json"])
-result = app.send_task("taiga_backup.restore", kwargs={"snapshot": "latest", "dry_run": True, "trigger": "chat"})
+result = app.send_task("taiga_backup.restore", kwargs={"snapshot": "latest", "dry_run": True, "trigger": "chat"},
+                       queue="taiga-backup." + sys.argv[2])
 report = result.get(timeout=120)
 assert not any(m == "worker" or m.startswith(("worker.", "tasks")) for m in sys.modules), "the bot used our code"
 print(json.dumps(report))
@@ -53,7 +55,7 @@ def test_a_bot_that_only_speaks_celery_queues_a_dry_run_restore_and_reads_the_pl
     start_worker()
     home = bot_home(tmp_path)
     env = bot_env(site, home)
-    done = subprocess.run([sys.executable, "-I", "-c", CELERY_ONLY_BOT, env["CELERY_BROKER_URL_FILE"]], cwd=str(home),
+    done = subprocess.run([sys.executable, "-I", "-c", CELERY_ONLY_BOT, env["CELERY_BROKER_URL_FILE"], site.instance], cwd=str(home),
                           env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -68,12 +70,18 @@ def test_a_bot_with_its_own_key_uses_the_console_script_against_a_signed_worker(
     backup = run_backup()
     home = bot_home(tmp_path)
     env = {**bot_env(site, home), **signing_env(pki, "bot")}
-    done = subprocess.run([CHATOPS, "--timeout", "120", "restore", "--snapshot", backup["backup_id"], "--dry-run"],
+    done = subprocess.run([CHATOPS, "--instance", site.instance, "--timeout", "120", "restore", "--snapshot", backup["backup_id"], "--dry-run"],
                           cwd=str(home), env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["dry_run"] is True and report["backup_id"] == backup["backup_id"]
     assert report["request"]["snapshot"] == backup["backup_id"] and report["trigger"] == "chat"
+    # each change as the worker stored it (the client waits on the result's channel, not a poll
+    # that can miss a step lasting milliseconds): the steps of a dry run, in order, then SUCCESS
+    followed = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    steps = [line["step"] for line in followed if line["state"] == "PROGRESS"]
+    assert [s for s in ("validate", "choose", "plan") if s in steps] == ["validate", "choose", "plan"], followed
+    assert followed[-1] == {"task_id": followed[0]["task_id"], "state": "SUCCESS"}
 
 
 def test_the_client_imports_only_celery_and_the_signing_stamp():

@@ -14,7 +14,7 @@ from celery.result import AsyncResult
 
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
 from testkit.faults import ANNOTATION, app_at_zero, app_back, dump_blocked, snapshot_ids, wait_until
-from testkit.scenarios import hold_table_lock
+from testkit.scenarios import hold_table_lock, reconcile_now
 from worker.backups import catalog
 
 LEASE = 5  # JOB_LOCK_LEASE: the smallest the settings allow, so a dead holder's lease runs out fast
@@ -153,9 +153,9 @@ def test_reconcile_leaves_a_finished_job_alone_and_fails_an_orphaned_one(repos, 
         dead._stop.set()  # the holder dies: no renewals, no release ...
         dead._thread.join()
         client.delete(dead.key)  # ... and its lease runs out
-    assert celery_client.send_task("taiga_backup.reconcile").get(timeout=60)["state"] == "ok"
+    assert reconcile_now(celery_client)["state"] == "ok"
     assert AsyncResult(finished, app=celery_client).state == "SUCCESS"
     assert AsyncResult(orphan, app=celery_client).state == "FAILURE"
-    assert json.loads(client.get(f"taiga-backup:report:{orphan}"))["interrupted"] is True
-    assert client.get(f"taiga-backup:report:{finished}") is None
+    assert json.loads(client.get(f"taiga-backup:taiga:report:{orphan}"))["interrupted"] is True
+    assert client.get(f"taiga-backup:taiga:report:{finished}") is None
     assert JobLock(client, settings.restic_repository).interrupted() == []

@@ -94,7 +94,7 @@ def test_verify_fails_when_the_backup_does_not_load_as_dumped_and_still_cleans_u
 
     assert str(err.value) == ('database: 1 table(s) differ from the dump: '
                               'table public.widgets: backup 3, restored 2 rows')
-    stored = json.loads(redis_connect(site.settings()).get("taiga-backup:last:verify:failure"))
+    stored = json.loads(redis_connect(site.settings()).get("taiga-backup:taiga:last:verify:failure"))
     assert stored["steps"]["files"]["ok"] is True  # the files part still ran and passed
     assert sorted(stored["steps"]["prepare"]["removed_leftovers"]) == sorted(
         ["taiga_backup_verify_crashed", str(leftover_dir)])
@@ -123,14 +123,14 @@ def test_prune_check_and_verify_run_from_the_schedule(repos, start_worker):
     site = repos
     run_job(None, "backup", lambda job: take_backup(job, "manual"))
     client = redis_connect(site.settings())
-    client.delete(*[f"taiga-backup:last:{k}:success" for k in ("prune", "check", "verify")])
+    client.delete(*[f"taiga-backup:taiga:last:{k}:success" for k in ("prune", "check", "verify")])
     worker = start_worker(beat=True, PRUNE_SCHEDULE="* * * * *", CHECK_SCHEDULE="* * * * *",
                           VERIFY_SCHEDULE="* * * * *", BACKUP_SCHEDULE="off")
     deadline = time.monotonic() + 150
     reports = {}
     while time.monotonic() < deadline and len(reports) < 3:
         for kind in ("prune", "check", "verify"):
-            raw = client.get(f"taiga-backup:last:{kind}:success")
+            raw = client.get(f"taiga-backup:taiga:last:{kind}:success")
             if raw:
                 reports[kind] = json.loads(raw)
         time.sleep(1)

@@ -48,7 +48,7 @@ def test_drill_that_does_not_fit_its_scratch_space_is_refused_before_anything_is
     message = str(err.value)
     assert message.startswith("prepare: the drill's scratch space"), message
     assert str(small_scratch) in message and "VERIFY_DIR" in message
-    stored = json.loads(redis_connect(site.settings()).get("taiga-backup:last:verify:failure"))
+    stored = json.loads(redis_connect(site.settings()).get("taiga-backup:taiga:last:verify:failure"))
     assert "files" not in stored["steps"] and "database" not in stored["steps"]  # nothing restored
     space = stored["steps"]["prepare"]["space"]
     assert space["media_bytes"] >= 6 * 1024 * 1024 > space["free_bytes"]

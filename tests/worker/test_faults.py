@@ -140,7 +140,7 @@ def test_s3_endpoint_down_mid_backup_and_before_one(s3_site, caplog):
     assert "connection refused" in text  # restic's retries, shown
     assert failed_after < 25  # restic alone would retry for minutes
     assert app_back(site)
-    report = json.loads(redis_connect(site.settings()).get("taiga-backup:last:backup:failure"))
+    report = json.loads(redis_connect(site.settings()).get("taiga-backup:taiga:last:backup:failure"))
     # the media snapshot cannot be forgotten while S3 is away: said so, and it stays an incomplete backup
     # (listing the backup's snapshots by its tags, or forgetting them, meets its deadline)
     assert any(e.startswith(("discard: restic forget (files) " + DEADLINE, "discard: restic snapshots (files) "
@@ -226,6 +226,10 @@ def test_every_step_has_a_deadline_and_the_app_still_comes_back(step, repos, mon
         silent = Silent()
         undo.append(silent.close)
         monkeypatch.setenv("RESTIC_REPOSITORY", f"s3:http://127.0.0.1:{silent.port}/taiga-bucket/taiga")
+        # restic 0.17+ refuses an S3 repository without credentials before it connects
+        for name, value in (("aws-access-key-id", "AKIATAIGABACKUPTEST"), ("aws-secret-access-key", "secret")):
+            (site.secrets / name).write_text(value + "\n")
+            monkeypatch.setenv(f"{name.upper().replace('-', '_')}_FILE", str(site.secrets / name))
         monkeypatch.setenv("PREFLIGHT_TIMEOUT", "2")
         expected = f"preflight: restic list (pg-database) {DEADLINE}"
     elif step == "quiesce":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -84,8 +85,32 @@ def test_flower_lists_a_succeeded_backup_and_wants_basic_auth(site, start_worker
     links = sorted((t for t in tasks.values() if t["root_id"] == result.id and t["uuid"] != result.id),
                    key=lambda t: t["received"])
     assert [t["name"] for t in links] == steps[:-1]
-    assert all(t["runtime"] is not None and t["worker"].startswith("taiga-backup@") for t in links)
+    assert all(t["runtime"] is not None and t["worker"].startswith(f"taiga-backup-{site.instance}@") for t in links)
     assert links[0]["parent_id"] == result.id and all(b["parent_id"] == a["uuid"] for a, b in zip(links, links[1:]))
     # the id the caller got: the backup, then (replaced) the chain's last link, whose result is the report
     last = tasks[result.id]
     assert last["name"] in ("taiga_backup.backup", "taiga_backup.finish") and last["runtime"] is not None
+
+
+def test_one_flower_on_a_shared_broker_shows_every_instances_workers_queues_and_tasks(site, start_worker,
+                                                                                     celery_client, flower):
+    """Two Taigas' workers on one broker, one Flower (the instance it was started for is only
+    where it sends nothing): each worker by its node name, each instance's queue, each one's tasks."""
+    from worker.runtime.stamp import node_name, queue
+
+    start_worker()
+    start_worker(TAIGA_INSTANCE="taiga-other")
+    instances = (site.instance, "taiga-other")
+    sent = {name: celery_client.send_task("taiga_backup.reconcile", queue=queue(name)).id for name in instances}
+
+    workers = poll(f"{flower}/api/workers?refresh=1",
+                   lambda body: all(node_name(name, socket.gethostname()) in (body or {}) for name in instances))
+    for name in instances:
+        served = {q["name"] for q in workers[node_name(name, socket.gethostname())]["active_queues"]}
+        assert queue(name) in served, (name, served)
+    lengths = poll(f"{flower}/api/queues/length", lambda body: body and body.get("active_queues"))
+    assert {queue(name) for name in instances} <= {q["name"] for q in lengths["active_queues"]}, lengths
+    tasks = poll(f"{flower}/api/tasks", lambda body: all(body.get(task_id, {}).get("state") == "SUCCESS"
+                                                        for task_id in sent.values()))
+    for name, task_id in sent.items():
+        assert tasks[task_id]["worker"] == node_name(name, socket.gethostname()), (name, tasks[task_id])

@@ -10,7 +10,7 @@ import pytest
 from celery.result import AsyncResult
 
 from testkit.faults import ANNOTATION, app_back, snapshot_ids, wait_until
-from testkit.scenarios import hold_table_lock, run_backup
+from testkit.scenarios import hold_table_lock, reconcile_now, run_backup
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
 from worker.adapters.redis_store import connect as redis_connect
 from worker.jobs.lease import JobLock
@@ -71,7 +71,7 @@ def test_a_redis_restart_in_the_middle_of_a_job_does_not_bring_the_app_up_under_
     site.redis_server.start()
     assert JobLock(redis_connect(site.settings()), str(site.repo)).holder() is None  # the lease is gone
 
-    reconcile = celery_client.send_task("taiga_backup.reconcile").get(timeout=60)
+    reconcile = reconcile_now(celery_client)
     assert reconcile.get("state") == "ok" and not reconcile.get("resumed"), reconcile
     assert set(reconcile["left_to_running_job"]) == set(BACKUP_DEPLOYMENTS)
     assert all(site.kube.replicas(NAMESPACE, name) == 0 for name in BACKUP_DEPLOYMENTS)

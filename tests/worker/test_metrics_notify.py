@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from testkit.servers import free_port
 from worker.jobs.backup_flow import take_backup
 from worker.jobs.job import run_job
-from worker.adapters import notify
+from worker import fleet_view
+from worker.adapters import notify, redis_store
 from worker.settings import SettingsError
 
 TOKEN = "tok-3f9c1d7e"  # stands for the token such URLs carry: it must never be logged
@@ -77,11 +78,14 @@ def endpoint():
     e.close()
 
 
-def scrape(port: int) -> dict:
-    """{(sample name, ((label, value), ...)): value} of everything the exporter serves."""
+def scrape(port: int, instance: str = "taiga") -> dict:
+    """{(sample name, ((label, value), ...)): value} of everything the exporter serves; every
+    sample carries the worker's instance (`taiga_instance`), left out of the keys."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    assert {s.labels.get("taiga_instance") for s in samples} == {instance}
+    return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "taiga_instance"))): s.value
+            for s in samples}
 
 
 def wait_for(port: int, key: tuple, value: float, timeout: float = 30.0) -> dict:
@@ -115,6 +119,11 @@ def test_worker_metrics_and_notifications_for_a_good_and_a_failed_backup(site, s
 
     m = wait_for(port, ("taiga_backup_snapshots", (("repository", "pg-database"),)), 1)
     assert m[("taiga_backup_snapshots", (("repository", "files"),))] == 1
+    # the same count, recorded in Redis for the fleet view (before the gauges are set)
+    view = fleet_view.instance_view(redis_store.connect(site.settings()), "taiga")
+    sizes = {repo: m[("taiga_backup_repository_size_bytes", (("repository", repo),))] for repo in ("files", "pg-database")}
+    assert view["repositories"] == {repo: {"snapshots": 1, "size_bytes": size} for repo, size in sizes.items()}
+    assert view["repository_bytes"] == sum(sizes.values()) > 0
     assert abs(m[("taiga_backup_last_success_timestamp_seconds", job("backup"))] - time.time()) < 60
     assert m[("taiga_backup_last_success_timestamp_seconds", job("backup"))] == unix(report["finished_at"])
     assert m[("taiga_backup_last_run_success", job("backup"))] == 1

@@ -13,6 +13,7 @@ from celery.result import AsyncResult
 
 from testkit.chain_checks import received, snapshots, tagged_with
 from testkit.faults import ANNOTATION, app_at_zero, app_back, snapshot_ids, wait_until
+from testkit.scenarios import reconcile_now
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE
 from worker import instance
 from worker.adapters.kube import ANNOTATION_HOLDER, ANNOTATION_JOB
@@ -71,18 +72,18 @@ def test_a_forged_result_and_a_deleted_lease_do_not_resume_the_app_under_a_runni
     task = _quiesced_by_a_running_backup(site, celery_client)
     client = redis_connect(site.settings())
     celery_client.backend.mark_as_done(task.id, {"state": "SUCCESS"})  # forged
-    client.set(f"taiga-backup:report:{task.id}", json.dumps({"state": "SUCCESS", "task_id": task.id}))
+    client.set(f"taiga-backup:taiga:report:{task.id}", json.dumps({"state": "SUCCESS", "task_id": task.id}))
     client.delete(JobLock(client, str(site.repo)).key)
 
-    reconcile = celery_client.send_task("taiga_backup.reconcile").get(timeout=60)
+    reconcile = reconcile_now(celery_client)
     assert reconcile.get("state") == "ok" and not reconcile.get("resumed"), reconcile
     assert app_at_zero(site), "the app was resumed inside the backup's quiesced window"
     assert all(holders(site)[name][1] == task.id for name in NAMES)
 
     monkeypatch.setattr(site.kube, "pod_stop_delay", 0.6)
-    wait_until(lambda: json.loads(client.get(f"taiga-backup:report:{task.id}")).get("finished_at"), 120,
+    wait_until(lambda: json.loads(client.get(f"taiga-backup:taiga:report:{task.id}")).get("finished_at"), 120,
                "the backup to end", interval=0.5)
-    report = json.loads(client.get(f"taiga-backup:report:{task.id}"))
+    report = json.loads(client.get(f"taiga-backup:taiga:report:{task.id}"))
     assert report["state"] == "SUCCESS" and report["backup_complete"] is True, report.get("errors")
     assert snapshot_ids(site, "files") == [report["snapshots"]["files"]]
     assert snapshot_ids(site, "pg-database") == [report["snapshots"]["pg-database"]]
@@ -132,9 +133,9 @@ def test_a_backup_whose_app_was_brought_up_inside_its_quiesced_window_is_not_rep
     steps.kube_in(site.settings()).resume(NAMES, 30)  # by hand, as with kubectl scale and annotate
     assert app_back(site)
     client = redis_connect(site.settings())
-    wait_until(lambda: (json.loads(client.get(f"taiga-backup:report:{task.id}") or b"{}")).get("finished_at"), 120,
+    wait_until(lambda: (json.loads(client.get(f"taiga-backup:taiga:report:{task.id}") or b"{}")).get("finished_at"), 120,
                "the backup to end", interval=0.5)
-    report = json.loads(client.get(f"taiga-backup:report:{task.id}"))
+    report = json.loads(client.get(f"taiga-backup:taiga:report:{task.id}"))
     assert report["state"] == "FAILURE" and report["backup_complete"] is False, report
     assert "quiesced_window" in report["error"], report["error"]
     assert tagged_with(site, report["backup_id"]) == {"files": [], "pg-database": []}

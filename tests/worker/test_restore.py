@@ -63,7 +63,7 @@ def no_staging_left(site) -> bool:
 
 def last_report(site, state_name: str) -> dict:
     client = redis.Redis.from_url(site.env["CELERY_BROKER_URL"])
-    return json.loads(client.get(f"taiga-backup:last:restore:{state_name}"))
+    return json.loads(client.get(f"taiga-backup:taiga:last:restore:{state_name}"))
 
 
 def test_custom_dumps_ids_times_and_a_missing_database(site, monkeypatch):
@@ -233,7 +233,8 @@ def chatops(site, tmp_path, *args) -> tuple[int, dict, list[dict]]:
     """docs/chatops_client.py in a clean environment and directory: nothing of ours importable."""
     url_file = tmp_path / "broker-url"
     url_file.write_text(site.env["CELERY_BROKER_URL"] + "\n")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CELERY_BROKER_URL_FILE": str(url_file)}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CELERY_BROKER_URL_FILE": str(url_file),
+           "TAIGA_INSTANCE": site.instance}
     done = subprocess.run([sys.executable, str(ROOT / "docs" / "chatops_client.py"), "--timeout", "240", *args],
                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout, done.stderr

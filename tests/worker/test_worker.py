@@ -11,8 +11,9 @@ import time
 import pytest
 from celery.result import AsyncResult
 
-from testkit.scenarios import cli, hold_table_lock
+from testkit.scenarios import cli, hold_table_lock, reconcile_now
 from testkit.site import BACKUP_DEPLOYMENTS, NAMESPACE, ROOT
+from worker.adapters.redis_store import reconcile_recent_key
 
 
 @pytest.mark.slow
@@ -35,6 +36,28 @@ def test_cli_backup_wait_json_status_and_snapshots(site, start_worker):
 
     queued = cli(site, "backup")
     assert queued.returncode == 0 and len(queued.stdout.strip()) == 36  # a task id, not waited for
+
+
+def test_reconcile_stores_no_celery_result_only_its_one_capped_summary_list(site, start_worker, celery_client):
+    """Beat sends a reconcile every minute and nobody reads its result: each run pushes its summary
+    onto one capped list and writes no celery-task-meta key (one per run, kept 30 days, was ~43 000)."""
+    start_worker()
+    client = celery_client.backend.client
+    assert reconcile_now(celery_client)["state"] in ("ok", "skipped")  # the summary key exists now
+    def ours() -> list[str]:  # kombu's own binding keys come and go as clients connect
+        return sorted(k.decode() for k in client.keys("*") if not k.startswith(b"_kombu."))
+
+    keys = ours()
+    ids = []
+    for _ in range(5):
+        summary = reconcile_now(celery_client)
+        assert summary["state"] in ("ok", "skipped") and summary["finished_at"], summary
+        ids.append(summary["task_id"])
+    assert len(set(ids)) == 5
+    assert [client.exists(f"celery-task-meta-{task_id}") for task_id in ids] == [0] * 5
+    assert ours() == keys
+    recent = [json.loads(raw)["task_id"] for raw in client.lrange(reconcile_recent_key(site.instance), 0, -1)]
+    assert recent[:5] == ids[::-1]  # newest first
 
 
 @pytest.mark.slow

@@ -179,12 +179,19 @@ def names_with_prefix(settings: Settings, prefix: str, *, own_only: bool = False
 
 
 def drop(settings: Settings, *names: str, conn: psycopg.Connection | None = None) -> list[str]:
-    """DROP DATABASE ... WITH (FORCE): ends the sessions of a dead job's loader too."""
+    """DROP DATABASE ... WITH (FORCE): ends the sessions of a dead job's loader too. FORCE refuses
+    when a process it may not signal is on the database - an autovacuum worker on a freshly
+    loaded side database, for a role that is no superuser: then our sessions are ended and a
+    plain DROP, which tells autovacuum to leave (waiting up to 5 s), drops it."""
     if conn is None:
         with maintenance(settings) as own:
             return drop(settings, *names, conn=own)
     for name in names:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        try:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        except psycopg.errors.InsufficientPrivilege:
+            _terminate(conn, [name])
+            conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
     return list(names)
 
 

@@ -14,7 +14,8 @@ import threading
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.metrics_core import Metric
 
 from worker.adapters import redis_store
 from worker.adapters.restic import parse_time
@@ -24,6 +25,11 @@ log = logging.getLogger("taiga_backup.metrics")
 # The kind of job (backup, prune, check, verify, restore, ...) is the label `kind`: `job` is Prometheus'
 # own target label, so a metric label of that name is renamed exported_job at scrape time (or, with
 # honorLabels, overwrites the target's) and alerts on it silently match nothing. Renamed in 0.2.0.
+# For the same reason the instance (TAIGA_INSTANCE) is `taiga_instance`, never `instance`: that one
+# is the target's host:port. It is put on every series the worker serves, its own and the process
+# collector's, at scrape time (InstanceLabel), so no gauge can forget it and the chart's rules can
+# group by it on both sides of an `or`.
+INSTANCE_LABEL = "taiga_instance"
 
 LAST_SUCCESS = Gauge("taiga_backup_last_success_timestamp_seconds",
                      "Unix time the last successful job of this kind finished", ["kind"])
@@ -58,7 +64,8 @@ def _version() -> str:
         return "unknown"
 
 
-BUILD_INFO.labels(_version()).set(1)
+VERSION = _version()
+BUILD_INFO.labels(VERSION).set(1)
 
 SNAPSHOT_CHANGING_JOBS = ("backup", "prune", "restore")
 STATES = ("success", "failure")
@@ -147,7 +154,7 @@ def seed_from_redis(settings) -> int:
     """The last reports (redis_store.last_report_key), oldest first; returns how many."""
     client = redis_store.connect(settings)
     reports = []
-    for key in client.scan_iter(match=redis_store.LAST_REPORT_PATTERN, count=100):
+    for key in client.scan_iter(match=redis_store.last_report_pattern(settings.instance), count=100):
         try:
             report = json.loads(client.get(key) or "null")
         except ValueError:
@@ -160,6 +167,27 @@ def seed_from_redis(settings) -> int:
     return len(reports)
 
 
+class InstanceLabel:
+    """A collector serving the default registry's families with `taiga_instance` on every sample:
+    several Taigas' workers scraped by one Prometheus stay apart on one dashboard."""
+
+    def __init__(self, instance: str, registry=REGISTRY):
+        self.instance, self.registry = instance, registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [s._replace(labels={INSTANCE_LABEL: self.instance, **s.labels}) for s in family.samples]
+            yield labelled
+
+
+def registry_of(instance: str) -> CollectorRegistry:
+    """What the exporter serves: the default registry, labelled with the instance."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(InstanceLabel(instance))
+    return registry
+
+
 def serve(settings, count_snapshots: Callable[[], dict]) -> bool:
     """Starts the exporter once per process; a busy port is logged, never fatal to the worker.
     `count_snapshots` returns {repository: {"snapshots": n, "size_bytes": n}} (it lives with the
@@ -167,7 +195,7 @@ def serve(settings, count_snapshots: Callable[[], dict]) -> bool:
     if settings.metrics_port == 0 or _serving.is_set():
         return False
     try:
-        start_http_server(settings.metrics_port)
+        start_http_server(settings.metrics_port, registry=registry_of(settings.instance))
     except OSError as exc:
         log.warning("metrics: cannot listen on port %d: %s (metrics are off)", settings.metrics_port, exc.strerror)
         return False

@@ -9,9 +9,12 @@ pipe are waited for and checked.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -45,7 +48,10 @@ class Completed:
     returncode: int | None
     stdout: bytes
     stderr: str
-    timed_out: bool = False
+    timed_out: bool = False  # still running at the deadline, and killed
+    # at the deadline, this end held the pipeline up (the other waited on it): the one to blame.
+    # Set for a single run that timed out; for a pipe, see _stalled_end
+    stalled: bool = False
 
     @property
     def ok(self) -> bool:
@@ -122,21 +128,61 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _wait_all(procs: list, deadline: float | None) -> bool:
-    """Waits for every process; on the deadline kills them all. Returns True if it had to kill."""
-    timed_out = False
+def _wait_all(procs: list, deadline: float | None, before_kill: Callable[[], None] | None = None) -> list[bool]:
+    """Waits for every process; on the deadline kills them all (`before_kill` runs first, while
+    they still stand as the deadline found them). Returns, per process, whether it was still
+    running then and killed: one that had already ended on its own did not time out."""
+    killed = [False] * len(procs)
     for proc in procs:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             proc.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
-            timed_out = True
+            killed = [p.poll() is None for p in procs]
+            if before_kill is not None:
+                before_kill()
             for p in procs:
                 _kill_group(p)
             for p in procs:
                 p.wait()
             break
-    return timed_out
+    return killed
+
+
+def _pipe_fill(pid: int, fd: int) -> float | None:
+    """How full (0..1) the pipe on a child's file descriptor is; None when it cannot be told (not
+    a pipe, the child gone, /proc not readable). The pipe is reopened through /proc (a read end,
+    non-blocking, held for one ioctl): this process closed its own copy so that the producer
+    gets EPIPE when the consumer dies."""
+    try:
+        end = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(end, termios.FIONREAD, b"\0" * 4))[0]
+        return queued / fcntl.fcntl(end, fcntl.F_GETPIPE_SZ)
+    except OSError:
+        return None
+    finally:
+        os.close(end)
+
+
+def _stalled_end(producer_pid: int) -> str | None:
+    """Which end of producer | consumer held the pipeline up when the deadline found both still
+    running: "consumer", "producer", or None when it cannot be told.
+
+    Judged by the pipe between them: a producer blocked writing into a full pipe is not the cause,
+    it waits for its reader (pg_dump behind a restic that stalls on a dead S3 endpoint); a pipe
+    with little in it means the consumer waits for data. The pipe's fill level (FIONREAD) is
+    chosen over the producer's /proc/<pid>/wchan ("pipe_write"): wchan reads "0" where kernel
+    addresses are hidden (containers, kptr_restrict), its names differ between kernel versions
+    ("pipe_wait" before 5.5), and it shows one thread only; the fill level is the data path
+    itself. A writer blocks only when the pipe has no free slot (small writes are merged into the
+    last page), so half full is a wide margin between the two cases."""
+    fill = _pipe_fill(producer_pid, 1)
+    if fill is None:
+        return None
+    return "consumer" if fill >= 0.5 else "producer"
 
 
 def _popen(argv, env, cwd, stdin, stdout, nice: int | None = None):
@@ -176,10 +222,11 @@ def run(
             pass
         finally:
             proc.stdin.close()
-    timed_out = _wait_all([proc], deadline)
+    timed_out = any(_wait_all([proc], deadline))
     for t in threads:
         t.join()
-    return Completed(what, proc.returncode, b"".join(out), b"".join(err).decode("utf-8", "replace"), timed_out)
+    return Completed(what, proc.returncode, b"".join(out), b"".join(err).decode("utf-8", "replace"), timed_out,
+                     timed_out)
 
 
 def _start_two(producer, consumer, producer_env, consumer_env, cwd, *, direct: bool, nice: int | None = None):
@@ -195,14 +242,24 @@ def _start_two(producer, consumer, producer_env, consumer_env, cwd, *, direct: b
     return p1, p2
 
 
-def _finish_two(p1, p2, threads, deadline, first: tuple, second: tuple) -> tuple[Completed, Completed]:
-    """Waits for both (killing both at the deadline) and for their output drains."""
-    timed_out = _wait_all([p1, p2], deadline)
+def _finish_two(p1, p2, threads, deadline, first: tuple, second: tuple,
+                judge: bool = False) -> tuple[Completed, Completed]:
+    """Waits for both (killing both at the deadline) and for their output drains. The end still
+    running at the deadline is `stalled`; when both were, `judge` (p1's stdout is the pipe into
+    p2) tells which by the pipe (_stalled_end), else neither is named."""
+    verdict = []
+    before_kill = (lambda: verdict.append(_stalled_end(p1.pid))) if judge else None
+    killed1, killed2 = _wait_all([p1, p2], deadline, before_kill)
     for t in threads:
         t.join()
+    if killed1 and killed2:
+        stalled1, stalled2 = (verdict or [None])[0] == "producer", (verdict or [None])[0] == "consumer"
+    else:
+        stalled1, stalled2 = killed1, killed2
     (what1, err1), (what2, out2, err2) = first, second
-    return (Completed(what1, p1.returncode, b"", b"".join(err1).decode("utf-8", "replace"), timed_out),
-            Completed(what2, p2.returncode, b"".join(out2), b"".join(err2).decode("utf-8", "replace"), timed_out))
+    return (Completed(what1, p1.returncode, b"", b"".join(err1).decode("utf-8", "replace"), killed1, stalled1),
+            Completed(what2, p2.returncode, b"".join(out2), b"".join(err2).decode("utf-8", "replace"), killed2,
+                      stalled2))
 
 
 def pipe(
@@ -230,7 +287,7 @@ def pipe(
     threads = [_drain(p1.stderr, err1), _drain(p2.stdout, out2, on_consumer_line, keep_stdout),
                _drain(p2.stderr, err2)]
     return _finish_two(p1, p2, threads, deadline, (producer_what or os.path.basename(producer[0]), err1),
-                       (consumer_what or os.path.basename(consumer[0]), out2, err2))
+                       (consumer_what or os.path.basename(consumer[0]), out2, err2), judge=True)
 
 
 def head(argv: list[str], *, env: dict, nbytes: int, what: str | None = None,

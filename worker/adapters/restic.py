@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import time
@@ -22,6 +23,9 @@ from typing import Callable
 from worker.adapters import process
 from worker.adapters.process import Completed, ProcessError
 from worker.errors import OperatorError
+from worker.redact import redact
+
+log = logging.getLogger(__name__)
 
 NO_REPO = re.compile(r"(Is there a repository at the following location|does not exist|unable to open config file"
                      r"|repository does not exist)", re.IGNORECASE)
@@ -65,6 +69,14 @@ def broke_pipe(producer: Completed) -> bool:
 
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
+
+
+# what restic 0.17+ prints, exiting 0, when a changed snapshot was saved but the old one not removed
+_UNTAGGED = "unable to modify the tags"
+
+
+def _line_with(text: str, needle: str) -> str:
+    return next((line for line in text.splitlines() if needle in line), needle)
 
 
 def _raise(result: Completed, ok=(0,)) -> Completed:
@@ -282,7 +294,9 @@ class Repository:
         """producer | restic backup --stdin, with no temporary file (`nice`: both ends niced). A
         snapshot made from a stream whose producer failed is removed again before the error is
         raised. When restic dies first, the producer fails too, on the closed pipe ("Broken
-        pipe"): that says nothing, so restic's own error is the one raised."""
+        pipe"): that says nothing, so restic's own error is the one raised. At the deadline the
+        end that held the stream up is blamed (process._stalled_end: a producer blocked on the
+        full pipe waits for restic), not whichever was waited for first."""
         deadline = _deadline(timeout)
         lines = JsonLines(on_status)
         args = self._backup_args(tags, at) + list(flags) + ["--stdin"]
@@ -293,9 +307,11 @@ class Repository:
                                   consumer_what=f"restic backup --stdin ({self.name})", timeout=timeout,
                                   on_consumer_line=lines, keep_stdout=False, nice=nice)
         summary = BackupSummary.from_json(lines.summary) if lines.summary else None
-        if prod.timed_out and (RETRYING.search(cons.stderr) or UNREACHABLE.search(cons.stderr)):
-            # both were killed at the deadline: restic retrying an unreachable repository (for
-            # minutes) is why, not pg_dump blocked on the full pipe
+        if cons.stalled or (prod.timed_out and (RETRYING.search(cons.stderr) or UNREACHABLE.search(cons.stderr))):
+            # restic held the stream up at the deadline (pg_dump blocked on the full pipe, or
+            # already done), or says it retries an unreachable repository: restic is why. The
+            # latter even when the pipe was nearly empty - restic may still be filling its own
+            # buffers from a slow pg_dump while every upload fails
             raise ResticError(cons.what, cons.returncode, cons.stderr, True)
         if not cons.ok and not prod.ok and broke_pipe(prod):
             raise ResticError(cons.what, cons.returncode, cons.stderr, cons.timed_out)
@@ -345,7 +361,18 @@ class Repository:
             return {os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(where), "*", "*"))}
 
         before = cached()
-        self.run("tag", *[arg for tag in tags for arg in ("--set", tag)], "--", snapshot_id, timeout=timeout)
+        done = self.run("tag", *[arg for tag in tags for arg in ("--set", tag)], "--", snapshot_id, timeout=timeout)
+        untagged = _line_with(done.stderr, _UNTAGGED) if _UNTAGGED in done.stderr else None
+        if untagged and "(403)" in untagged:
+            # an append-only repository (rest-server --append-only) removes nothing, by design:
+            # the old snapshot stays beside the new one, still tagged as a pre-pass (no backup's)
+            log.warning("restic tag (%s): the repository refused to remove %s (append-only): kept",
+                        self.name, snapshot_id)
+        elif untagged:
+            # restic 0.17+ saves the changed snapshot, then fails to remove the old one, says
+            # "ignoring" and exits 0: two snapshots of the same tree, the retag not done
+            raise OperatorError(f"restic tag ({self.name}): {snapshot_id} was not retagged: "
+                                f"{redact(_line_with(done.stderr, _UNTAGGED))}")
         new = cached() - before
         if len(new) == 1 and len(next(iter(new))) == 64:
             return new.pop()

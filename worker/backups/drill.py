@@ -39,10 +39,10 @@ class ScratchTooSmall(OperatorError):
     """The backup's media do not fit the drill's scratch space; nothing was restored."""
 
 
-def scratch_space(repo: Repository, snapshot_id: str, parent: str) -> dict:
+def scratch_space(repo: Repository, snapshot: dict, parent: str) -> dict:
     """The space a restore of the files snapshot needs, and what `parent` (VERIFY_DIR) has free.
-    The snapshot is only listed here, not read."""
-    size = media.snapshot_size(repo, snapshot_id)
+    The snapshot is only looked at here (media.snapshot_size), not read."""
+    size = media.snapshot_size(repo, snapshot)
     return {"dir": parent, "media_bytes": size["bytes"], "media_files": size["files"],
             "needed_bytes": size["bytes"] + (size["files"] + size["dirs"]) * BLOCK,
             "free_bytes": media.free_bytes(parent)}

@@ -49,8 +49,10 @@ def heartbeat(client, host: str | None = None, *, stopped: bool = False) -> None
         client.hdel(redis_store.WORKERS_KEY, *old)
 
 
-def start_heartbeat(connect: Callable[[], object], interval: float = HEARTBEAT_SECONDS) -> threading.Event:
-    """A daemon thread beating every `interval` seconds until the returned event is set."""
+def start_heartbeat(connect: Callable[[], object], interval: float = HEARTBEAT_SECONDS,
+                    also: Callable[[object], None] | None = None) -> threading.Event:
+    """A daemon thread beating every `interval` seconds until the returned event is set; with
+    each beat, also(client) (the fleet record: its failure never stops the heartbeat)."""
     stop = threading.Event()
 
     def loop():
@@ -62,6 +64,11 @@ def start_heartbeat(connect: Callable[[], object], interval: float = HEARTBEAT_S
             except Exception as exc:  # Redis restarting: the next beat will do
                 log.warning("worker heartbeat failed: %s", exc)
                 client = None
+            if client is not None and also is not None:
+                try:
+                    also(client)
+                except Exception as exc:
+                    log.warning("worker heartbeat: %s failed: %s", getattr(also, "__name__", also), exc)
             if stop.wait(interval):
                 return
 

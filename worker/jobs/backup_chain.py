@@ -15,8 +15,9 @@ import time
 
 from worker.adapters.redis_store import connect as redis_connect, report_key
 from worker.errors import OperatorError
-from worker.jobs import backup_flow, backup_guard, requests, steps
+from worker.jobs import backup_flow, backup_guard, fleet, requests, steps
 from worker.jobs.backup_context import BackupContext
+from worker.jobs.held import held_here
 from worker.jobs.job import Job, end_job, load_settings
 from worker.jobs.lease import JobLock, LeaseLost
 
@@ -32,6 +33,8 @@ _LEASES: dict[str, JobLock] = {}
 # until when each job counts as running here between its links: its lease's grace (None while a
 # link runs); a chain whose next link never came is over once that has passed
 _UNTIL: dict[str, float | None] = {}
+# the job's fleet slot in this process (worker.jobs.fleet), renewed while the job runs here
+_SLOTS: dict[str, fleet.FleetSlot] = {}
 
 
 def running_jobs() -> set[str]:
@@ -89,15 +92,25 @@ def run_link(task, doc: dict, name: str) -> dict:
 
 
 def hand_over(job: Job) -> None:
-    """The job's first task passes its lease to the chain's links."""
+    """The job's first task passes its lease, and its fleet slot, to the chain's links. The slot
+    is renewed for as long as the job runs here (running_jobs): a chain that broke without its
+    errback stops renewing it with its lease, and it expires."""
     _LEASES[job.task_id] = job.lease
+    for gone in set(_SLOTS) - running_jobs():  # chains that broke here: their slots expire unrenewed
+        _SLOTS.pop(gone, None)
+    if job.slot is not None:
+        task_id = job.task_id
+        job.slot.keep = lambda: task_id in running_jobs()
+        _SLOTS[task_id], job.slot = job.slot, None
     _pause(job)
 
 
 def _end(job: Job) -> dict:
-    """end_job, releasing the lease unless it was lost (it is another job's then)."""
+    """end_job, releasing the lease unless it was lost (it is another job's then), and the fleet
+    slot always - by its name when it was taken in another process (the errback may run anywhere)."""
     _LEASES.pop(job.task_id, None)
     _UNTIL.pop(job.task_id, None)
+    job.slot = _SLOTS.pop(job.task_id, None) or fleet.named_slot(job)
     return end_job(job, release=job.lease is not None)
 
 
@@ -115,14 +128,17 @@ def run_finish(task, doc: dict) -> dict:
 
 def _ended_already(settings, task_id: str) -> bool:
     """The job's report says it ended: the errback has nothing left to do."""
-    raw = redis_connect(settings).get(report_key(task_id))
+    raw = redis_connect(settings).get(report_key(settings.instance, task_id))
     return bool(raw) and json.loads(raw).get("state") != "STARTED"
 
 
 def run_abort(task, doc: dict, failure: str) -> dict | None:
     """The second net (the chain's errback): a link raised instead of recording its failure.
     Resumes what this job holds down unless the lease is lost, waits for the steps still
-    running here, forgets what carries this backup's tags and fails the job. Idempotent: an errback may run more than once."""
+    running here, forgets what carries this backup's tags and fails the job. Idempotent: an errback may run more than once.
+    The steps still running are found in this process (held.held_here), not in the context: the
+    errback carries the chain's first context, which names none, and forgetting before a
+    background dump or retag has saved its snapshot would leave that snapshot behind."""
     ctx = BackupContext.from_json(doc)
     settings = load_settings()
     if _ended_already(settings, ctx.task_id):
@@ -132,7 +148,10 @@ def run_abort(task, doc: dict, failure: str) -> dict | None:
     if job.lease is not None:  # lost: the reconciler resumes what this job held down
         names = list(settings.quiesce_deployments)  # only what this job holds down
         steps.scale_back(job, steps.kube_for(job).for_job(job.task_id) if names else None, names)
-    backup_flow.join_all(job, ctx)  # a dump still streaming ends (or fails) before anything is forgotten
+    # a dump still streaming, a retag under way, end (or fail) before anything is forgotten: the
+    # errback's context is the first link's, naming no held step, so they are found in this process
+    ctx.held = held_here(ctx.task_id)
+    backup_flow.join_all(job, ctx)
     backup_guard.forget_backup(job)
     return _ended(job)
 

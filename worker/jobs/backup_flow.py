@@ -34,7 +34,7 @@ from worker.adapters.redis_store import connect as redis_connect, last_report_ke
 from worker.adapters.restic import ResticError
 from worker.backups import catalog, layout, media, restic_locks, tree_state
 from worker.backups.backup_eta import BackupEta
-from worker.jobs import backup_guard, steps
+from worker.jobs import backup_guard, fleet, steps
 from worker.jobs.backup_context import BackupContext
 from worker.jobs.held import hold, join_held
 from worker.jobs.job import Job
@@ -132,7 +132,7 @@ def prepass_eta(job: Job) -> BackupEta:
     if job.settings.quiesce_lead_max <= 0 or not job.settings.parallel_backup:
         return BackupEta(0.0)
     try:
-        last = json.loads(redis_connect(job.settings).get(last_report_key("backup", "SUCCESS")) or "{}")
+        last = json.loads(redis_connect(job.settings).get(last_report_key(job.settings.instance, "backup", "SUCCESS")) or "{}")
         seconds = float(last["steps"]["quiesce"]["seconds"]) if last else 0.0
         files = (last.get("files") or {}).get("total_files_processed")
     except Exception as exc:  # a guess, never a failure: without it the quiesce waits for the pre-pass
@@ -322,7 +322,7 @@ def _files_tidied(job: Job, ctx: BackupContext) -> None:
         return
     if held.error is not None:
         job.fail("finish", held.error)
-    elif held.result:
+    elif held.result and layout.FILES in ctx.results:  # not in the errback's (first) context
         ctx.results[layout.FILES]["snapshot_id"] = held.result["snapshot_id"]
         if held.result.get("prepass_forgotten"):
             job.report["prepass_forgotten"] = True
@@ -381,10 +381,12 @@ STEPS = {"prepare": prepare, "media_prepass": media_prepass, "quiesce": quiesce,
 
 
 def start(job: Job, trigger: str) -> BackupContext:
-    """The job's first facts, and the context the steps pass on."""
+    """The job's first facts, a fleet slot (waited for here, with the app untouched, when
+    FLEET_MAX_CONCURRENT_BACKUPS caps the broker's backups), and the context the steps pass on."""
     job.report.update(backup_id=steps.new_backup_id(), trigger=trigger)
     if job.lease is not None:
         job.lease.note(backup_id=job.report["backup_id"])
+    job.slot = fleet.take_slot(job)
     return BackupContext.begin(job)
 
 

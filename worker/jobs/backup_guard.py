@@ -45,9 +45,11 @@ def forget_backup(job: Job) -> None:
     else be the old procedure's `latest`. Only snapshots tagged with this backup's id: after a
     lost lease too, another job's are never touched. A backup that never started a restic
     backup (it failed in prepare) made nothing, and its repositories are not asked (they may be
-    the very thing that did not answer)."""
+    the very thing that did not answer). Steps not known (the report lost with a Redis restart,
+    or the errback's context from before the first link) are no proof: the repositories are asked."""
     backup_id = job.report.get("backup_id")
-    if not backup_id or not MAKERS & set(job.report.get("steps") or {}):
+    known = set(job.report.get("steps") or {})
+    if not backup_id or (known and not MAKERS & known):
         return
     ours = {catalog.ID_TAG + backup_id, catalog.PREPASS_OF_TAG + backup_id}
 

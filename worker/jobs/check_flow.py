@@ -5,7 +5,7 @@ runs."""
 from __future__ import annotations
 
 from worker import redact
-from worker.adapters.redis_store import CHECK_PART_KEY, connect as redis_connect
+from worker.adapters.redis_store import check_part_key, connect as redis_connect
 from worker.backups import layout, restic_locks
 from worker.errors import OperatorError
 from worker.jobs.job import Job
@@ -24,7 +24,7 @@ def check_repositories(job: Job, read_data_subset: str | None = None) -> dict:
     rotating = read_data_subset is None
     if rotating:
         parts = settings.check_subset_parts
-        part = int(client.get(CHECK_PART_KEY) or 0) % parts + 1
+        part = int(client.get(check_part_key(settings.instance)) or 0) % parts + 1
         read_data_subset = f"{part}/{parts}"
     result: dict = {"read_data_subset": read_data_subset, "repositories": {}}
     for name, repo in layout.both(settings).items():
@@ -40,5 +40,5 @@ def check_repositories(job: Job, read_data_subset: str | None = None) -> dict:
         except Exception:
             continue  # recorded on the job by its step; the other repository is still checked
     if rotating and not job.errors:
-        client.set(CHECK_PART_KEY, part)
+        client.set(check_part_key(settings.instance), part)
     return result

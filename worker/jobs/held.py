@@ -74,6 +74,13 @@ def hold(job: Job, held_steps: list[str], step: str, run, snapshot=None) -> Held
     return held
 
 
+def held_here(task_id: str) -> list[str]:
+    """The steps of a job held in this process, whatever a context says: the chain's errback
+    carries the context from before the first link, which names none of them."""
+    with _lock:
+        return [step for (task, step) in _HELD if task == task_id]
+
+
 def join_held(job: Job, held_steps: list[str], step: str) -> Held | None:
     """Waits for a held step and takes over its step entries and errors (its result is None when
     it failed). None when the step was never held; a step held by a worker process that is gone

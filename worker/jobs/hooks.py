@@ -3,10 +3,12 @@ notifications. Each part swallows (and logs) its own errors, so one failing neve
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 
 from worker import redact
-from worker.adapters import metrics, notify
+from worker.adapters import metrics, notify, redis_store
 from worker.backups import layout
 
 log = logging.getLogger("taiga_backup.hooks")
@@ -31,7 +33,7 @@ def job_finished(settings, report: dict) -> None:
 
 
 def repository_facts(settings) -> dict[str, dict]:
-    """Snapshots and stored bytes of each repository, for the metrics; what cannot be read is left
+    """Snapshots and stored bytes of each repository, for the metrics and the fleet view; what cannot be read is left
     out (and logged), a repository that does not exist yet counts 0 (the first backup makes it)."""
     facts: dict[str, dict] = {}
     for name, repo in layout.both(settings).items():
@@ -42,4 +44,12 @@ def repository_facts(settings) -> dict[str, dict]:
                 facts[name] = {"snapshots": 0, "size_bytes": 0}
             else:
                 log.warning("metrics: could not read the repository %s: %s", name, exc)
+    _each((_record_facts, settings, facts))
     return facts
+
+
+def _record_facts(settings, facts: dict) -> None:
+    """The same facts for the fleet view (`taiga-backup fleet`), which reads Redis, not Prometheus."""
+    if facts:
+        redis_store.record_fleet(redis_store.connect(settings), settings.instance, redis_store.FLEET_REPOSITORIES,
+                                 json.dumps({"counted_at": int(time.time()), "repositories": facts}, sort_keys=True))

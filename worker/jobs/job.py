@@ -17,14 +17,13 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from worker import redact
-from worker.adapters.redis_store import connect as redis_connect, last_report_key, report_key
+from worker.adapters.redis_store import REPORT_TTL, connect as redis_connect, last_report_key, report_key
 from worker.errors import JobFailed, LeaseBusy, OperatorError
 from worker.jobs import hooks
 from worker.jobs.lease import JobBusy, JobLock
 from worker.settings import Settings, SettingsError
 
 log = logging.getLogger("taiga_backup.job")
-REPORT_TTL = 30 * 24 * 3600
 PROGRESS_INTERVAL = 1.0
 
 
@@ -44,6 +43,7 @@ class Job:
                              "steps": {}}
         self.errors: list[str] = []
         self.lease = None  # the JobLock, once run_job holds it
+        self.slot = None  # a backup's fleet slot (worker.jobs.fleet), released when the job ends
         self._t0 = time.monotonic()
         self._lock = threading.Lock()
         self._progress: dict[str, dict] = {}
@@ -148,8 +148,8 @@ def store_report(settings: Settings, report: dict) -> None:
     try:
         client = redis_connect(settings)
         payload = json.dumps(report, sort_keys=True)
-        client.set(report_key(report["task_id"]), payload, ex=REPORT_TTL)
-        client.set(last_report_key(report["job"], report["state"]), payload)
+        client.set(report_key(settings.instance, report["task_id"]), payload, ex=REPORT_TTL)
+        client.set(last_report_key(settings.instance, report["job"], report["state"]), payload)
     except Exception as exc:
         log.warning("could not store the job report in Redis: %s", exc)
 
@@ -191,6 +191,20 @@ def begin_job(task, kind: str, *, exclusive: bool = True, notify_refusal: bool =
     return job
 
 
+def record_refusal(task_name: str, task_id: str | None, error: str) -> None:
+    """A request refused before its task ran (one for another instance): a failed run of its kind
+    for whoever watches - a stored report, the metrics, the webhook - like a refused backup."""
+    try:
+        settings = load_settings()
+    except JobFailed:
+        return  # the worker refused to start anyway
+    kind = task_name.rsplit(".", 1)[-1]
+    report = {"job": kind, "task_id": task_id or str(uuid.uuid4()), "state": "FAILURE", "started_at": now_iso(),
+              "finished_at": now_iso(), "duration_seconds": 0.0, "steps": {}, "error": error, "errors": [error]}
+    store_report(settings, report)
+    _safe(hooks.job_finished, settings, report)
+
+
 def record_failure(job: Job, kind: str, exc: BaseException) -> None:
     """An exception that ended a job body: recorded unless a step already recorded one."""
     if not job.errors:
@@ -218,6 +232,9 @@ def end_job(job: Job, *, release: bool = True) -> dict:
             raise JobFailed(job.errors[0])
         return job.report
     finally:
+        if job.slot is not None:  # the slot is the job's alone, even when its lease was lost
+            job.slot.release()
+            job.slot = None
         if release and job.lease is not None:
             job.lease.release()
 

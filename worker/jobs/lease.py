@@ -69,7 +69,10 @@ class JobLock:
         value = json.dumps(record, sort_keys=True)
         deadline = time.monotonic() + patience
         while not self.redis.set(self.key, value, nx=True, ex=self.lease):
-            other = self.holder() or {}
+            other = self.holder()
+            if other is None and time.monotonic() < deadline:
+                continue  # released between our SET and GET (a reconcile's moment): free now, try again
+            other = other or {}
             if other.get("kind") == "reconcile" and kind != "reconcile" and time.monotonic() < deadline:
                 time.sleep(0.2)
                 continue

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from worker import instance, redact
-from worker.adapters.redis_store import connect as redis_connect, report_key
+from worker.adapters.redis_store import connect as redis_connect, push_reconcile_summary, report_key
 from worker.backups import catalog, layout, switch
 from worker.errors import JobFailed
 from worker.jobs import restore_steps, steps
-from worker.jobs.job import Job, now_iso, store_report
+from worker.jobs.job import REPORT_TTL, Job, now_iso, store_report
 from worker.jobs.lease import JobBusy, JobLock
 from worker.settings import Settings
 
@@ -46,7 +46,7 @@ def _finished(settings: Settings, celery: CeleryView, task_id: str) -> bool:
     """The task ended on its own (only its lease release was lost): nothing to settle."""
     if celery.ended(task_id):
         return True
-    raw = redis_connect(settings).get(report_key(task_id))
+    raw = redis_connect(settings).get(report_key(settings.instance, task_id))
     return bool(raw) and json.loads(raw).get("state") in ("SUCCESS", "FAILURE")
 
 
@@ -161,7 +161,29 @@ def _while_busy(settings: Settings, celery: CeleryView, lock: JobLock) -> dict:
 
 def reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
     """Resumes what a dead job left scaled down first (the app matters most), then settles the
-    jobs whose holder died. Skipped while a job holds the repository."""
+    jobs whose holder died. Skipped while a job holds the repository. Its summary (or error) is
+    kept in one capped list (redis_store.reconcile_recent_key): the task stores no Celery result
+    (one a minute nobody reads)."""
+    try:
+        result = _reconcile(settings, celery, task_id)
+    except Exception as exc:
+        _record_summary(settings, {"task_id": task_id, "state": "error", "error": redact.redact(str(exc))})
+        raise
+    _record_summary(settings, {"task_id": task_id, **result})
+    return result
+
+
+def _record_summary(settings: Settings, summary: dict) -> None:
+    """The run's summary, pushed onto the capped list. Never raises: Redis may be the reason the
+    run failed, and the summary is for people and tests, not for the next run."""
+    try:
+        push_reconcile_summary(redis_connect(settings), settings.instance,
+                               json.dumps({**summary, "finished_at": now_iso()}), REPORT_TTL)
+    except Exception as exc:
+        log.warning("reconcile: could not record its summary: %s", exc)
+
+
+def _reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
     lock = JobLock(redis_connect(settings), settings.restic_repository, settings.lock_lease_seconds)
     try:
         lock.acquire("reconcile", task_id)

@@ -90,19 +90,16 @@ def unique_restore_id(settings) -> str:
     return rid
 
 
-def _dump_bytes(repo: Repository, snapshot_id: str) -> int:
-    return sum(int(n.get("size") or 0) for n in repo.ls(snapshot_id) if n.get("type") == "file")
-
-
 def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target) -> dict:
     """What the restore would do, with the sizes it needs: the dry run's answer, and the space
     check made before anything is written."""
     settings = job.settings
     with job.step("plan") as entry:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-plan") as pool:
-            files = pool.submit(media.snapshot_size, repos[layout.FILES], chosen.files["id"])
-            dump = pool.submit(_dump_bytes, repos[layout.DATABASE], chosen.database["id"])
-            sizes = {layout.FILES: files.result(), layout.DATABASE: {"dump_bytes": dump.result()}}
+            # from the snapshots' own summaries when restic recorded them: no restic run at all
+            files = pool.submit(media.snapshot_size, repos[layout.FILES], chosen.files)
+            dump = pool.submit(media.snapshot_size, repos[layout.DATABASE], chosen.database)
+            sizes = {layout.FILES: files.result(), layout.DATABASE: {"dump_bytes": dump.result()["bytes"]}}
         free = media.free_bytes(settings.files_dir)
         db_bytes = max(sizes[layout.DATABASE]["dump_bytes"], target.size_bytes)
         db_free, db_where = databases.free_bytes(settings, target)

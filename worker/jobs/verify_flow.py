@@ -28,7 +28,7 @@ def verify_latest(job: Job) -> dict:
         if left:
             entry["removed_leftovers"] = left
         entry["backup_id"] = backup.id
-        entry["space"] = drill.scratch_space(repos[layout.FILES], backup.files["id"], parent)
+        entry["space"] = drill.scratch_space(repos[layout.FILES], backup.files, parent)
         drill.require_fit(entry["space"])
     dbname = drill.SCRATCH_PREFIX + job.task_id.replace("-", "")[:12].lower()
     target = tempfile.mkdtemp(prefix=drill.DIR_PREFIX, dir=parent)

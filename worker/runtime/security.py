@@ -24,6 +24,7 @@ from kombu.serialization import prepare_accept_content
 from worker.adapters import redis_store
 from worker.backups import media
 from worker.errors import RequestInvalid
+from worker.jobs.job import record_refusal
 from worker.runtime.nonces import NONCE, NonceFiles, NonceStoreError
 from worker.runtime.stamp import STAMP, stamp  # noqa: F401 (stamp: the signal handler's, and clients')
 from worker.settings import broker_urls, read, redis_tls, signing
@@ -96,7 +97,22 @@ def _refuse(task, why: str):
     raise RequestRefused(f"refused: {why}")
 
 
-def check_stamp(task, value, files: NonceFiles, nonces, ttl: float) -> None:
+def check_instance(task, value, own: str, signed: bool) -> None:
+    """Raises RequestRefused unless the request is for this worker's instance. A queue is no
+    proof: anyone on the broker can push onto any instance's queue, so the instance travels in
+    the stamp (inside the signature when signing is on). A request naming no instance - a
+    chat-ops client of contract 1, or a bot that speaks plain Celery - is taken as this
+    instance's only while signing is off (docs/chatops.md); a signed one must name it."""
+    named = value.get("instance") if isinstance(value, dict) else None
+    if named is None and not signed:
+        return
+    if named is None:
+        _refuse(task, f"the signed request names no instance (this worker serves {own!r})")
+    if named != own:
+        _refuse(task, f"the request is for instance {str(named)[:63]!r}, this worker serves {own!r}")
+
+
+def check_stamp(task, value, files: NonceFiles, nonces, ttl: float, instance: str) -> None:
     """Raises RequestRefused unless `value` is a stamp made for this very task and message, still
     valid, living no longer than this worker's `ttl` (a signer with a longer SIGNED_REQUEST_TTL
     does not get hours), and seen for the first time: by `files`, the authority that survives
@@ -120,7 +136,7 @@ def check_stamp(task, value, files: NonceFiles, nonces, ttl: float) -> None:
     except NonceStoreError as exc:
         _refuse(task, f"{exc}; not run, as it could not be told from a replay")
     keep = max(1, int(expires - time.time()) + 60)
-    if not first or not nonces.set(redis_store.NONCE_PREFIX + nonce, task.request.id or "-", nx=True, ex=keep):
+    if not first or not nonces.set(redis_store.nonce_key(instance, nonce), task.request.id or "-", nx=True, ex=keep):
         _refuse(task, "this signed request was already run once (a replay)")
 
 
@@ -139,9 +155,17 @@ class CheckedTask(Task):
 
     def __call__(self, *args, **kwargs):
         value = kwargs.pop(STAMP, None)
-        if self.app.conf.task_serializer == "auth" and not self.request.called_directly:
-            ttl = read("SIGNED_REQUEST_TTL")
-            check_stamp(self, value, self._nonce_files(ttl), self._nonce_store(), ttl)
+        if not self.request.called_directly:
+            signed = self.app.conf.task_serializer == "auth"
+            own = read("TAIGA_INSTANCE")
+            try:
+                check_instance(self, value, own, signed)
+            except RequestRefused as exc:
+                record_refusal(self.name, self.request.id, str(exc))
+                raise
+            if signed:
+                ttl = read("SIGNED_REQUEST_TTL")
+                check_stamp(self, value, self._nonce_files(ttl), self._nonce_store(), ttl, own)
         return super().__call__(*args, **kwargs)
 
     @staticmethod

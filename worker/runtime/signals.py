@@ -1,13 +1,16 @@
 """Every Celery signal handler of the worker, in one place: what happens when a worker process
 starts, sets up logging, is ready, and stops.
 
+- after set-up: the keys of a worker from before instances move to this instance's namespace;
 - start: the settings are validated once (a bad one stops the worker, naming the variable, rather
   than failing at 23:10), secrets are registered with the redactor, JSON logging is put in place;
 - logging set-up: the redaction filter (and the JSON formatter) on every handler Celery adds;
 - after set-up: the Prometheus exporter;
 - ready: the reconciler is queued (right away, and once a dead holder's lease must have run out),
-  and the heartbeat that tells a dead worker's restic locks from a live one's starts;
-- stop: the heartbeat records a clean stop, so this host's locks may be cleared at once.
+  and the heartbeat that tells a dead worker's restic locks from a live one's starts (with it, the
+  worker's record for the fleet view, worker.runtime.fleet);
+- stop: the heartbeat records a clean stop, so this host's locks may be cleared at once (and the
+  fleet view shows the worker stopped).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from celery import signals
 
 from worker import redact
 from worker.adapters import metrics
+from worker.adapters import redis_store
 from worker.adapters.redis_store import connect as redis_connect
 from worker.backups import restic_locks
 from worker.jobs import hooks, requests
-from worker.runtime import log_setup, security
+from worker.runtime import fleet, log_setup, security, stamp
 from worker.settings import BY_ENV, Settings, SettingsError, read
 
 log = logging.getLogger("taiga_backup.worker")
@@ -39,9 +43,17 @@ def _settings() -> Settings | None:
 
 
 @signals.before_task_publish.connect
-def _stamp_request(body=None, headers=None, **_):
-    """Every message this process publishes (CLI, beat, a chain's next link, a retry)."""
-    security.stamp(body, headers, _request_ttl())
+def _stamp_request(body=None, headers=None, routing_key=None, **_):
+    """Every message this process publishes (CLI, beat, a chain's next link, a retry): for the
+    instance whose queue it goes to, or this process's own (a link pinned to this worker)."""
+    security.stamp(body, headers, _request_ttl(), stamp.instance_of(routing_key) or _own_instance())
+
+
+def _own_instance() -> str | None:
+    try:
+        return read("TAIGA_INSTANCE")
+    except SettingsError:
+        return None  # the worker refuses to start anyway, naming it
 
 
 def _request_ttl() -> float:
@@ -73,6 +85,23 @@ def _redact_and_format(logger=None, **_):
     for handler in (logger.handlers if logger else []):
         handler.addFilter(redact.RedactingFilter())
     log_setup.json_handlers(logger)
+
+
+@signals.celeryd_after_setup.connect
+def _migrate_keys(**_):
+    """Before the metrics read the last reports: the keys of a worker from before instances move
+    into this instance's namespace (redis_store.migrate), once."""
+    settings = _settings()
+    if settings is None:
+        return
+    try:
+        moved = redis_store.migrate(redis_store.connect(settings), settings.instance)
+    except Exception as exc:
+        log.error("could not move the keys of the one-instance layout (tried again at the next start): %s", exc)
+        return
+    if moved:
+        log.warning("moved %d Redis key(s) of the one-instance layout to instance %s (%s, ...)", len(moved),
+                    settings.instance, moved[0][1])
 
 
 @signals.celeryd_after_setup.connect
@@ -112,8 +141,14 @@ def _start_heartbeat(sender=None, **_):
     if settings is None:
         return
     try:
-        _heartbeat["stop"] = restic_locks.start_heartbeat(lambda: redis_connect(settings))
-        _heartbeat["settings"] = settings
+        app = sender.app if sender is not None else None
+
+        def fleet_record(client):
+            fleet.record(client, settings, app)
+
+        _heartbeat["stop"] = restic_locks.start_heartbeat(lambda: redis_connect(settings),
+                                                          also=fleet_record if app is not None else None)
+        _heartbeat["settings"], _heartbeat["app"] = settings, app
     except Exception as exc:
         log.error("could not start the worker heartbeat: %s", exc)
 
@@ -151,6 +186,9 @@ def _stop_heartbeat(sender=None, **_):
         return
     _heartbeat["stop"].set()
     try:
-        restic_locks.heartbeat(redis_connect(_heartbeat["settings"]), socket.gethostname(), stopped=True)
+        client = redis_connect(_heartbeat["settings"])
+        restic_locks.heartbeat(client, socket.gethostname(), stopped=True)
+        if _heartbeat.get("app") is not None:
+            fleet.record(client, _heartbeat["settings"], _heartbeat["app"], stopped=True)
     except Exception as exc:
         log.warning("could not record the worker's stop: %s", exc)

@@ -43,8 +43,13 @@ app.kubernetes.io/part-of: taiga
 {{- end }}
 {{- end }}
 
+{{/*
+The worker's image: by default the release's image for the chart's version and the server's
+PostgreSQL major (.github/workflows/release.yml publishes <version>-pg<major> for each).
+*/}}
 {{- define "taiga-backup.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $tag := default (printf "%s-pg%d" .Chart.AppVersion (int .Values.image.pgMajor)) .Values.image.tag }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 
 {{/*
@@ -70,6 +75,23 @@ The objects of the old procedure, or the ones this chart creates (secret.yaml, c
 {{- default (printf "%s-notify" (include "taiga-backup.fullname" .)) .Values.notify.existingSecret }}
 {{- end }}
 
+{{- /* The keys of the notify Secret the worker reads, one per line: an existing Secret's as listed in
+notify.existingSecretKeys (the chart cannot look inside it), the chart's own as the URLs given. */ -}}
+{{- define "taiga-backup.notifyKeys" -}}
+{{- if .Values.notify.existingSecret }}
+{{- range .Values.notify.existingSecretKeys }}
+{{ . }}
+{{- end }}
+{{- else }}
+{{- if .Values.notify.webhookUrl }}
+notify-webhook-url
+{{- end }}
+{{- if .Values.notify.healthcheckPingUrl }}
+healthcheck-ping-url
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "taiga-backup.priorityClass" -}}
 {{- with .Values.priorityClassName }}
 priorityClassName: {{ . }}
@@ -78,6 +100,11 @@ priorityClassName: {{ . }}
 
 {{- define "taiga-backup.verifyDir" -}}
 /var/lib/taiga-backup-verify
+{{- end }}
+
+{{/* XDG_CACHE_HOME of the image (docker/Dockerfile): restic's cache. */}}
+{{- define "taiga-backup.cacheDir" -}}
+/var/cache/taiga-backup
 {{- end }}
 
 {{- define "taiga-backup.redisName" -}}
@@ -150,6 +177,8 @@ worker's alone: taiga-backup.signing*, on by default; Flower gets no key the wor
 {{- end }}
 - name: LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+- name: TAIGA_INSTANCE
+  value: {{ .Values.instance | default .Release.Namespace | quote }}
 {{- end }}
 
 {{/*
@@ -170,8 +199,56 @@ worker's alone: taiga-backup.signing*, on by default; Flower gets no key the wor
   emptyDir: {}
 - name: state
   emptyDir: {}
+{{- end }}
+
+{{/*
+restic's cache (XDG_CACHE_HOME, mounted by celeryVolumeMounts) in the worker: an emptyDir, or a PVC
+(restic.cache.persistence) so a restarted pod does not read every index and snapshot from the
+repository again. Flower mounts an emptyDir of its own there.
+*/}}
+{{- define "taiga-backup.resticCacheClaim" -}}
+{{- with .Values.restic.cache.persistence }}{{ if .enabled }}
+{{- default (printf "%s-restic-cache" (include "taiga-backup.fullname" $)) .existingClaim }}
+{{- end }}{{ end }}
+{{- end }}
+
+{{- define "taiga-backup.resticCacheVolume" -}}
 - name: cache
+{{- with include "taiga-backup.resticCacheClaim" . }}
+  persistentVolumeClaim:
+    claimName: {{ . }}
+{{- else }}
   emptyDir: {}
+{{- end }}
+{{- end }}
+
+{{/*
+An init container that gives a fresh volume's root (root's) to the worker's user, and nothing else:
+root with the CHOWN capability only. dict: root (the context), volume (its name), path.
+*/}}
+{{- define "taiga-backup.ownerInit" -}}
+{{- $v := .root.Values }}
+- name: {{ .volume }}-owner
+  image: {{ include "taiga-backup.image" .root }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  command: ["chown", {{ printf "%v:%v" $v.podSecurityContext.runAsUser $v.podSecurityContext.runAsGroup | quote }}, {{ .path | quote }}]
+  securityContext:
+    runAsUser: 0
+    runAsNonRoot: false
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    capabilities:
+      drop: ["ALL"]
+      add: ["CHOWN"]
+  resources:
+    requests:
+      cpu: 10m
+      memory: 16Mi
+    limits:
+      memory: 32Mi
+  volumeMounts:
+    - name: {{ .volume }}
+      mountPath: {{ .path }}
 {{- end }}
 
 {{/*
@@ -193,7 +270,7 @@ and /var/cache/taiga-backup (XDG_CACHE_HOME: restic's cache) are the image's wri
 - name: state
   mountPath: /var/lib/taiga-backup
 - name: cache
-  mountPath: /var/cache/taiga-backup
+  mountPath: {{ include "taiga-backup.cacheDir" . }}
 {{- end }}
 
 {{/*

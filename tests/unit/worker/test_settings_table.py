@@ -54,3 +54,12 @@ def test_read_parses_defaults_and_refuses_bad_values(tmp_path):
         read("JOB_LOCK_LEASE", {"JOB_LOCK_LEASE": "1"})
     with pytest.raises(SettingsError, match="RESTIC_REPOSITORY must be set"):
         read("RESTIC_REPOSITORY", {})
+
+
+def test_the_instance_is_a_dns_label_and_no_key_word_of_the_old_layout():
+    assert read("TAIGA_INSTANCE", {"TAIGA_INSTANCE": "taiga-b"}) == "taiga-b"
+    for bad in ("Taiga", "a_b", "-a", "a" * 64):
+        with pytest.raises(SettingsError, match="TAIGA_INSTANCE: .* is not a DNS label"):
+            read("TAIGA_INSTANCE", {"TAIGA_INSTANCE": bad})
+    with pytest.raises(SettingsError, match="reserved"):
+        read("TAIGA_INSTANCE", {"TAIGA_INSTANCE": "report"})

@@ -35,3 +35,27 @@ def test_child_env_is_minimal(monkeypatch):
     monkeypatch.setenv("POSTGRES_PASSWORD", "leak-me")
     env = process.child_env({"ONLY": "this"})
     assert "POSTGRES_PASSWORD" not in env and env["ONLY"] == "this"
+
+
+def test_a_pipe_at_its_deadline_blames_the_consumer_that_stopped_reading():
+    """`yes` fills the pipe and blocks writing; the consumer never reads: the consumer is why."""
+    env = process.child_env()
+    prod, cons = process.pipe(["yes"], ["sleep", "30"], producer_env=env, consumer_env=env, timeout=1)
+    assert prod.timed_out and cons.timed_out  # both were killed
+    assert cons.stalled and not prod.stalled
+    assert "sleep did not finish before its deadline" in str(cons.error())
+
+
+def test_a_pipe_at_its_deadline_blames_the_producer_that_wrote_nothing():
+    """The consumer waits on an empty pipe for a producer that never writes: the producer is why."""
+    env = process.child_env()
+    prod, cons = process.pipe(["sleep", "30"], ["cat"], producer_env=env, consumer_env=env, timeout=1)
+    assert prod.timed_out and cons.timed_out
+    assert prod.stalled and not cons.stalled
+
+
+def test_a_producer_that_ended_before_the_deadline_did_not_time_out():
+    env = process.child_env()
+    prod, cons = process.pipe(["echo", "all of it"], ["sleep", "30"], producer_env=env, consumer_env=env, timeout=1)
+    assert prod.ok and not prod.timed_out
+    assert cons.timed_out and cons.stalled

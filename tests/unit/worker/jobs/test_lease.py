@@ -45,3 +45,29 @@ def test_a_job_waits_briefly_behind_the_reconciler_but_not_behind_a_job():
     with pytest.raises(JobBusy):
         reconciler.acquire("reconcile", "r-2")  # a reconciler never waits behind a job
     job.release()
+
+
+class ReleasedBetween(fakeredis.FakeRedis):
+    """A client whose view has the holder release the lease right after our refused SET NX, before
+    our GET of the holder: the reconciler's moment ending in between, as it happens under load."""
+
+    def __init__(self, holder: JobLock, **kwargs):
+        super().__init__(**kwargs)
+        self.holder, self.raced = holder, False
+
+    def set(self, *args, **kwargs):
+        taken = super().set(*args, **kwargs)
+        if not taken and kwargs.get("nx") and not self.raced:
+            self.raced = True
+            self.holder.release()
+        return taken
+
+
+def test_a_lease_released_between_the_refused_set_and_the_get_is_taken_not_refused_naming_nobody():
+    server = fakeredis.FakeServer()
+    reconciler = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    reconciler.acquire("reconcile", "r-1")
+    job = JobLock(ReleasedBetween(reconciler, server=server), "repo", lease_seconds=5)
+    job.acquire("backup", "b-1", patience=5)
+    assert job.redis.raced and job.holder()["task_id"] == "b-1"
+    job.release()
