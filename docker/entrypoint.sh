@@ -11,7 +11,7 @@ fi
 
 case "$1" in
     # exactly the subcommands of `taiga-backup` (worker.cli.build_parser; tests/packaging compares them)
-    -*|backup|restore|undo-restore|change-password|prune|check|verify|resume|status|jobs|fleet|snapshots|init|worker|alive|ping)
+    -*|backup|restore|undo-restore|safety-backup|change-password|prune|check|verify|resume|status|jobs|fleet|snapshots|init|worker|alive|ping)
         set -- taiga-backup "$@"
         ;;
 esac

@@ -135,6 +135,12 @@ def round_trip(lab: Lab, env: dict, before_db: dict) -> dict:
     restore = cli(env, "restore", "--snapshot", backup["backup_id"], "--wait", "--json")["result"]
     print(json.dumps({k: restore.get(k) for k in ("backup_id", "safety_backup", "database", "files", "kept",
                                                    "downtime_seconds", "duration_seconds")}, indent=2))
+    queued = restore.get("safety_backup")
+    if queued and queued.get("task_id"):  # the restore answered with the app up; its safety backup runs after
+        say(f"taiga-backup status {queued['task_id']} --wait --json   (the restore's safety backup, a job of its own)")
+        safety = cli(env, "status", queued["task_id"], "--wait", "--json")["result"]
+        print(json.dumps({k: safety.get(k) for k in ("backup_id", "snapshots", "bytes_added", "duration_seconds")},
+                         indent=2))
     return restore
 
 

@@ -16,12 +16,14 @@ from testkit.old_procedure import _conn_flags, _env
 
 KEPT_PREFIX = ".taiga-backup-before-"
 STAGING_PREFIX = ".taiga-backup-restore-"
+STATE = ".taiga-backup-state/"  # the worker's own records (nonces, a safety backup still owed)
 
 
 def live_files(media) -> dict:
-    """What the app serves: the media root without the restore's kept and staging folders."""
+    """What the app serves: the media root without the restore's kept and staging folders and
+    the worker's own records."""
     return {k: v for k, v in dataset.tree_digest(str(media)).items()
-            if not k.startswith((KEPT_PREFIX, STAGING_PREFIX))}
+            if not k.startswith((KEPT_PREFIX, STAGING_PREFIX, STATE))}
 
 
 def live_state(site) -> dict:

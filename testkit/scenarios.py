@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
+from typing import Callable
 
 import psycopg
 
@@ -44,6 +46,37 @@ def run_restore(*args, **kwargs) -> dict:
 
     request = requests.restore_request(args, kwargs)
     return run_job(None, "restore", lambda job: restore_backup(job, request))
+
+
+def run_restore_answering(*args, **kwargs) -> tuple[dict, Callable[[], dict | None]]:
+    """The restore as a worker runs it, in this process: it answers once the app is back and hands
+    its safety backup over to a job of its own (safety_flow.hand_over). Returns the restore's
+    report, and a function that runs the safety backup's task as the worker would run the
+    message the restore sent (None when none was sent): its report, or JobFailed."""
+    from tasks.restore import restore_backup
+    from worker.jobs import requests, safety_flow
+    from worker.jobs.job import run_job
+
+    request = requests.restore_request(args, kwargs)
+    sent: list[tuple[str, dict]] = []
+    report = run_job(None, "restore", lambda job: restore_backup(job, request, lambda *message: sent.append(message)))
+
+    def safety() -> dict | None:
+        if not sent:
+            return None
+        task_id, fields = sent.pop()
+        task = SimpleNamespace(request=SimpleNamespace(id=task_id), update_state=lambda **_: None)
+        return safety_flow.run(task, requests.safety_request((), fields))
+
+    return report, safety
+
+
+def run_safety_backup(restore_id: str, give_up: bool = False) -> dict:
+    """An operator's `safety-backup` in this process, as the task runs it."""
+    from worker.jobs import requests, safety_flow
+
+    fields = {"restore_id": restore_id, **({"give_up": True} if give_up else {})}
+    return safety_flow.run(None, requests.safety_request((), fields))
 
 
 def snapshots(site, repo):

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from testkit.k8s_double import KubeApiDouble
 from testkit.servers import PostgresCluster, RedisServer
 from worker.backups import media
@@ -53,6 +55,8 @@ class Site:
         self.password_file.write_text("restic-secret-password-1\n")
         (self.secrets / "postgres-password").write_text(self.db_password + "\n")
         self.redis_db = (n % 15) + 1 if redis_db is None else redis_db
+        if redis_db is None:  # its own: emptied of what the site that had it 15 sites ago left (reports, queues)
+            redis.Redis(port=redis_server.port, db=self.redis_db).flushdb()
         self.env = {
             "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{self.redis_db}",
             "RESTIC_REPOSITORY": str(self.repo),

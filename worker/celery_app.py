@@ -22,7 +22,7 @@ from worker.settings import broker_urls, read
 
 # One module per public task; the list is fixed (the worker registers exactly these).
 TASK_MODULES = ["tasks.backup", "tasks.backup_steps", "tasks.restore", "tasks.resume", "tasks.prune", "tasks.check", "tasks.verify",
-                "tasks.change_password", "tasks.reconcile", "tasks.undo_restore"]
+                "tasks.change_password", "tasks.reconcile", "tasks.undo_restore", "tasks.safety_backup"]
 
 
 def make_app(env=None) -> Celery:

@@ -42,7 +42,7 @@ from celery.exceptions import TimeoutError
 from worker.runtime.stamp import instance_of, instance_of_node, queue, stamp as add_stamp
 
 STAMP_TTL = 600.0  # a request not run within ten minutes is refused (at most the worker's SIGNED_REQUEST_TTL)
-CONTRACT_VERSION = 2  # docs/chatops.md "Contract version": the task names, kwargs, queue and results spoken here
+CONTRACT_VERSION = 3  # docs/chatops.md "Contract version": the task names, kwargs, queue and results spoken here
 _INSTANCE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -70,17 +70,24 @@ def stamp(body=None, headers=None, routing_key=None, **_):
     add_stamp(body, headers, STAMP_TTL, instance_of(routing_key))
 
 
+_ORDER = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "PROGRESS": 3, "SUCCESS": 4, "FAILURE": 4, "REVOKED": 4}
+
+
 def follow(app: Celery, task_id: str, timeout: float) -> int:
     """Follows the job with nothing but Celery: `AsyncResult.get(on_message=...)` waits on the
     Redis result backend's publish of each change (PENDING -> STARTED -> PROGRESS (step, percent)
     -> SUCCESS/FAILURE), so each step is printed when the worker stores it, not on a poll."""
     result = app.AsyncResult(task_id)
-    last = None
+    last, reached = None, 0
 
     def show(meta: dict) -> None:
-        nonlocal last
+        nonlocal last, reached
         state, info = meta.get("status"), meta.get("result")
         seen = (state, info.get("step"), info.get("percent")) if isinstance(info, dict) else (state,)
+        rank = _ORDER.get(state, 0)
+        if rank < reached:  # an older change delivered after a newer one was read: nothing new
+            return
+        reached = rank
         if seen != last:
             line = {"task_id": task_id, "state": state}
             if state == "PROGRESS" and isinstance(info, dict):
@@ -135,6 +142,9 @@ def main(argv=None) -> int:
     restore.add_argument("--before", help="the newest backup at or before this ISO-8601 time")
     restore.add_argument("--no-safety-backup", action="store_true")
     restore.add_argument("--dry-run", action="store_true", help="answer with the plan, touch nothing")
+    followed = sub.add_parser("follow", help="follow a job already sent (e.g. the safety backup a restore's "
+                                             "answer names) to its end")
+    followed.add_argument("task_id")
     args = parser.parse_args(argv)
 
     if args.job != "instances" and (not args.instance or not _INSTANCE.match(args.instance)):
@@ -159,6 +169,8 @@ def main(argv=None) -> int:
 
     if args.job == "instances":
         return list_instances(connect(broker, backend, signing))
+    if args.job == "follow":
+        return follow(connect(broker, backend, signing), args.task_id, args.timeout)
     if args.job == "backup":
         name, kwargs = "taiga_backup.backup", {"trigger": "chat"}
     else:

@@ -34,6 +34,8 @@ JOBS = {
                           "safety_backup": False if a.no_safety_backup else None,
                           "dry_run": True if a.dry_run else None}.items() if v is not None}),
     "undo-restore": (requests.UNDO_RESTORE, lambda a: {"restore_id": a.restore_id} if a.restore_id else {}),
+    "safety-backup": (requests.SAFETY_BACKUP, lambda a: {"restore_id": a.restore_id,
+                                                         **({"give_up": True} if a.give_up else {})}),
     "change-password": (requests.CHANGE_PASSWORD, lambda a: {}),
     "prune": (requests.PRUNE, lambda a: {"dry_run": True} if a.dry_run else {}),
     "check": (requests.CHECK, lambda a: {"read_data_subset": a.read_data_subset} if a.read_data_subset else {}),
@@ -284,8 +286,14 @@ def print_kept(settings, as_json: bool) -> int:
 
     return _listing(kept_states(settings), as_json, "no kept previous state (undo-restore has nothing to go back to)",
                     f"{'RESTORE ID':<16} {'KEPT SINCE (UTC)':<21} {'EXPIRES (UTC)':<21} DATABASE / FILES",
-                    lambda k: f"{k['id']:<16} {k['kept_since']:<21} {k['expires_at']:<21} {k['database'] or '-'} / "
+                    lambda k: f"{k['id']:<16} {k['kept_since']:<21} {_expiry(k):<21} {k['database'] or '-'} / "
                               f"{k['files_dir'] or '-'}")
+
+
+def _expiry(kept: dict) -> str:
+    """When a kept state goes, or why it stays: its safety backup is still owed."""
+    owed = kept.get("safety_backup_owed")
+    return f"kept: safety {owed['state']}" if owed else kept["expires_at"]
 
 
 def cmd_snapshots(args) -> int:
@@ -419,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "change nothing")
     u = job("undo-restore", "switch back to the state the last restore replaced, while it is kept")
     u.add_argument("--restore-id", default=None, help="a kept state's id (snapshots --kept); default: the newest")
+    sb = job("safety-backup", "back up the state a restore replaced again, after its safety backup failed")
+    sb.add_argument("restore_id", help="the kept state owing its safety backup (snapshots --kept)")
+    sb.add_argument("--give-up", action="store_true", help="make none: the kept state then expires after "
+                                                           "RESTORE_KEEP_PREVIOUS like any other")
     job("change-password", "move both repositories to RESTIC_NEW_PASSWORD_FILE")
     p = job("prune", "apply the retention policy to both repositories")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")

@@ -38,9 +38,12 @@ RESULT_SCHEMA = {  # the documented result of taiga_backup.restore (README, "Res
         "state": {"const": "SUCCESS"},
         "backup_id": {"type": "string", "pattern": r"^(legacy-)?\d{8}T\d{6}Z$"},
         "snapshots": SNAPSHOT_PAIR,
-        "safety_backup": {"oneOf": [{"type": "null"}, {
+        "safety_backup": {"oneOf": [{"type": "null"}, {  # in one process: made inline, its snapshots
             "type": "object", "required": ["backup_id", "snapshots"],
-            "properties": {"backup_id": {"type": "string"}, "snapshots": SNAPSHOT_PAIR}}]},
+            "properties": {"backup_id": {"type": "string"}, "snapshots": SNAPSHOT_PAIR}}, {
+            "type": "object", "required": ["task_id", "backup_id", "state"],  # by a worker: a job of its own
+            "properties": {"task_id": {"type": "string"}, "backup_id": {"type": "string"},
+                           "state": {"const": "QUEUED"}}}]},
         "database": {"type": "object", "required": ["format", "name", "owner"],
                      "properties": {"format": {"enum": ["plain", "custom"]}}},
         "files": {"type": "object", "required": ["count", "bytes"],
@@ -283,7 +286,17 @@ def test_backup_change_restore_by_a_plain_celery_client_gives_identical_bytes_an
     assert kept_state(site, report["restore_id"]) == {"db": changed["db"], "files": {
         k: v for k, v in changed["files"].items() if k != media.MARKER}}
 
-    safety = report["safety_backup"]
+    # the answer came with the app up; the safety backup is a job of its own, named in it
+    queued = report["safety_backup"]
+    assert "snapshots" not in queued and report["steps"]["safety_backup"]["task_id"] == queued["task_id"]
+    followed = cli(site, "status", queued["task_id"], "--wait", "--json", timeout=300)
+    assert followed.returncode == 0 and json.loads(followed.stdout)["state"] == "SUCCESS", followed.stdout
+    safety = json.loads(followed.stdout)["result"]
+    assert safety["job"] == "safety_backup" and safety["task_id"] == queued["task_id"]
+    assert safety["backup_id"] == queued["backup_id"] and safety["restore_id"] == report["restore_id"]
+    assert {"dump_db", "restic_backup"} <= set(safety["steps"])
+    kept = json.loads(cli(site, "snapshots", "--kept", "--json").stdout)
+    assert [k["safety_backup_owed"] for k in kept if k["id"] == report["restore_id"]] == [None]  # it expires now
     for repo, snapshot_id in safety["snapshots"].items():
         assert "kind=pre-restore" in kinds_of(site, repo, snapshot_id)
     site.restic("files", "restore", safety["snapshots"]["files"], "--target", str(tmp_path / "safety"))

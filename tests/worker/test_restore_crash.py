@@ -6,12 +6,14 @@ The moment is chosen with the test-only pause point TAIGA_BACKUP_TEST_PAUSE (wor
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from celery.result import AsyncResult
 
 from testkit.faults import wait_until
 from testkit.restore_checks import kept_state, live_state, side_copies
-from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, change_everything, run_backup, snapshots
+from testkit.scenarios import ALL_DEPLOYMENTS, add_odd_files, change_everything, reconcile_now, run_backup, snapshots
 from testkit.site import NAMESPACE, descendants
 
 LEASE = 5
@@ -102,26 +104,50 @@ def test_sigkill_during_the_switch_comes_back_on_one_whole_state(repos, start_wo
 
 
 @pytest.mark.slow
-def test_sigkill_during_the_safety_backup_keeps_the_restore_and_forgets_the_half_backup(repos, start_worker,
-                                                                                      celery_client):
-    """Killed after the switch, while the safety backup has stored its database half and not yet
-    its media half: the restored state stays live and the app comes back; the previous state
-    stays kept (undo-restore brings it back whole); the half safety backup is forgotten, so no
-    `latest` (the old procedure's restore) ever points at it."""
+def test_the_restore_answers_before_its_safety_backup_whose_crash_keeps_the_state_until_a_retry(
+        repos, start_worker, celery_client, tmp_path):
+    """The restore answers SUCCESS with the app up while its safety backup - a job of its own,
+    named in the answer - is still running. Killed there (the worker and its children), once the
+    safety backup has stored its database half and not yet its media half: the restore stays
+    SUCCESS; the safety backup is marked FAILURE by its own id and its half backup forgotten, so
+    no `latest` (the old procedure's restore) points at it; the kept state stays - even with
+    RESTORE_KEEP_PREVIOUS=0 - until an operator's `safety-backup` makes the backup, and expires
+    like any other after that."""
+    from testkit import dataset
+    from testkit.scenarios import cli
+
     site = repos
     backed_up, changed = backed_up_then_changed(site)
     first = start_worker(JOB_LOCK_LEASE=LEASE, TAIGA_BACKUP_TEST_PAUSE="safety_files")
-    task = celery_client.send_task("taiga_backup.restore")
+    restored = celery_client.send_task("taiga_backup.restore").get(timeout=240)
+    assert restored["state"] == "SUCCESS" and site.replicas() == ALL_DEPLOYMENTS
+    assert live_state(site) == backed_up
+    rid, safety_id = restored["restore_id"], restored["safety_backup"]["task_id"]
     wait_until(lambda: paused(first, "safety_files"), 240, "the safety backup paused before its media half")
+    assert AsyncResult(safety_id, app=celery_client).state in ("STARTED", "PROGRESS")  # after the answer
     wait_until(lambda: any("kind=pre-restore" in (s.get("tags") or []) for s in snapshots(site, "pg-database")),
                120, "the safety backup's database half stored")
     first.kill()
 
-    start_worker(JOB_LOCK_LEASE=LEASE)
-    wait_until(lambda: AsyncResult(task.id, app=celery_client).state == "FAILURE", 90, "the restore marked FAILURE")
-    wait_until(lambda: site.replicas() == ALL_DEPLOYMENTS, 90, "the app back")
+    start_worker(JOB_LOCK_LEASE=LEASE, RESTORE_KEEP_PREVIOUS=0)
+    wait_until(lambda: AsyncResult(safety_id, app=celery_client).state == "FAILURE", 90,
+               "the safety backup marked FAILURE")
+    assert AsyncResult(restored["task_id"], app=celery_client).state == "SUCCESS"
     for repo in ("files", "pg-database"):
         assert not [s for s in snapshots(site, repo) if "kind=pre-restore" in (s.get("tags") or [])], repo
-    assert live_state(site) == backed_up
-    undone = celery_client.send_task("taiga_backup.undo_restore").get(timeout=240)
-    assert undone["state"] == "SUCCESS" and live_state(site) == changed
+    assert live_state(site) == backed_up and site.replicas() == ALL_DEPLOYMENTS
+    reconcile_now(celery_client, timeout=120)  # expires what is due
+    kept = json.loads(cli(site, "snapshots", "--kept", "--json").stdout)
+    assert [(k["id"], k["expires_at"], k["safety_backup_owed"]["state"]) for k in kept] == [(rid, None, "running")]
+    assert kept_state(site, rid) == {"db": changed["db"], "files": {
+        k: v for k, v in changed["files"].items() if k != ".taiga-backup-media"}}
+
+    again = cli(site, "safety-backup", rid, "--wait", "--json", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    made = json.loads(again.stdout)["result"]
+    assert made["job"] == "safety_backup" and made["restore_id"] == rid and made["backup_id"] != restored[
+        "safety_backup"]["backup_id"]
+    site.restic("files", "restore", made["snapshots"]["files"], "--target", str(tmp_path / "safety"))
+    assert dataset.tree_digest(str(tmp_path / "safety")) == kept_state(site, rid)["files"]
+    reconcile_now(celery_client, timeout=120)
+    assert json.loads(cli(site, "snapshots", "--kept", "--json").stdout) == []  # owed nothing: expired

@@ -67,7 +67,7 @@ def _version() -> str:
 VERSION = _version()
 BUILD_INFO.labels(VERSION).set(1)
 
-SNAPSHOT_CHANGING_JOBS = ("backup", "prune", "restore")
+SNAPSHOT_CHANGING_JOBS = ("backup", "prune", "restore", "safety_backup")
 STATES = ("success", "failure")
 _serving = threading.Event()
 _count_lock = threading.Lock()

@@ -30,7 +30,7 @@ from typing import Callable
 
 from worker import instance
 from worker.adapters import databases
-from worker.backups import media, switch_journal
+from worker.backups import media, safety_owed, switch_journal
 from worker.backups.switch_journal import (MOVING_IN, MOVING_OUT, NEW, OLD, VERSION,  # noqa: F401
                                            SwitchError)
 from worker.pause_points import pause_point
@@ -370,8 +370,13 @@ def kept_states(settings: Settings) -> list[dict]:
     out = []
     for rid in sorted(found):
         since = id_time(rid)
-        out.append({"id": rid, "kept_since": _stamp(since), "expires_at": _stamp(since + keep),
-                    "database": found[rid].get("database"), "files_dir": found[rid].get("files_dir")})
+        owed = safety_owed.owed(settings, rid)
+        out.append({"id": rid, "kept_since": _stamp(since),
+                    # a state whose safety backup is still owed stays until it is made or given up
+                    "expires_at": None if owed else _stamp(since + keep),
+                    "database": found[rid].get("database"), "files_dir": found[rid].get("files_dir"),
+                    "safety_backup_owed": {k: owed.get(k) for k in ("state", "task_id", "backup_id", "error")}
+                    if owed else None})
     return out
 
 
@@ -382,16 +387,18 @@ def _stamp(moment: datetime) -> str:
 def remove_kept(settings: Settings, rid: str) -> dict:
     databases.drop(settings, before_db(settings, rid))
     shutil.rmtree(kept_dir(settings, rid), ignore_errors=True)
+    safety_owed.settle(settings, rid)  # the state is gone: nothing is owed of it
     return {"id": rid, "database": before_db(settings, rid), "files_dir": kept_dir(settings, rid)}
 
 
 def expire(settings: Settings, now: datetime | None = None) -> list[str]:
-    """Kept states whose RESTORE_KEEP_PREVIOUS is over; never one before its time."""
+    """Kept states whose RESTORE_KEEP_PREVIOUS is over; never one before its time, nor one whose
+    safety backup is still owed (it is the only copy of what its restore replaced)."""
     now = now or datetime.now(timezone.utc)
     keep = timedelta(seconds=settings.restore_keep_previous)
     gone = []
     for state in kept_states(settings):
-        if id_time(state["id"]) + keep <= now:
+        if id_time(state["id"]) + keep <= now and not state["safety_backup_owed"]:
             remove_kept(settings, state["id"])
             gone.append(state["id"])
     return gone

@@ -171,15 +171,19 @@ def load_settings() -> Settings:
     return settings
 
 
-def begin_job(task, kind: str, *, exclusive: bool = True, notify_refusal: bool = False) -> Job:
+def begin_job(task, kind: str, *, exclusive: bool = True, notify_refusal: bool = False,
+              handed: JobLock | None = None) -> Job:
     """The job and its lease (job.lease); raises LeaseBusy when another job holds the repository.
     notify_refusal: a refused run is a failed run for whoever watches (webhook, ping, metric),
-    unless it will be retried (run_scheduled)."""
+    unless it will be retried (run_scheduled). handed: a lease another job of this process
+    transferred to this one (JobLock.transfer), adopted instead of taken (LeaseLost if gone)."""
     settings = load_settings()
     job = Job(kind, settings, task)
-    lock = JobLock(redis_connect(settings), settings.restic_repository, settings.lock_lease_seconds)
+    lock = handed or JobLock(redis_connect(settings), settings.restic_repository, settings.lock_lease_seconds)
     job.lease = lock
-    if exclusive:
+    if handed is not None:
+        handed.adopt(handed.value)
+    elif exclusive:
         try:
             lock.acquire(kind, job.task_id)
         except JobBusy as exc:

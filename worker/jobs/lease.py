@@ -45,6 +45,7 @@ class JobLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._grace_until: float | None = None
+        self._mutex = threading.Lock()  # a transfer() and the renewal never see two different values
         self.lost = threading.Event()
 
     def holder(self) -> dict | None:
@@ -125,6 +126,32 @@ class JobLock:
             self._stop.clear()
             self._thread = threading.Thread(target=self._renew_loop, name="job-lease", daemon=True)
             self._thread.start()
+
+    def transfer(self, kind: str, task_id: str, **fields) -> str:
+        """Hands the lease, still held, to another job of this process (a restore's safety backup,
+        which runs as a task of its own): the lease and the `active` record name the new job from
+        now on, so a crash from here on is settled as that job's (its facts in `fields`, e.g. its
+        backup id). Raises LeaseLost when the lease is no longer ours. Returns the new value."""
+        with self._mutex:
+            if self._value is None or not self._renew():
+                raise LeaseLost(f"the job lease was lost before it could be handed to {kind} task {task_id}")
+            record = {**json.loads(self._value), "kind": kind, "task_id": task_id,
+                      "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": uuid.uuid4().hex}
+            value = json.dumps(record, sort_keys=True)
+            active = json.dumps({k: record[k] for k in ("kind", "task_id", "host", "since")}
+                                | {"started": time.time(), **fields}, sort_keys=True)
+
+            def act(pipe, current) -> bool:
+                if current != self._value.encode():
+                    return False
+                pipe.set(self.key, value, ex=self.lease)
+                pipe.set(self.active_key, active)
+                return True
+
+            if not self._watched(self.key, act):
+                raise LeaseLost(f"the job lease was taken over before it could be handed to {kind} task {task_id}")
+            self._value, self._task_id, self._active = value, task_id, active
+            return value
 
     def pause(self, grace: float = 0.0) -> None:
         """Stops renewing without giving the lease up: the next link of the job adopts it.
@@ -238,7 +265,9 @@ class JobLock:
                 log.warning("job lease %s: no link of the job took it over in time; no longer renewed", self.key)
                 return
             try:
-                if not self._renew():
+                with self._mutex:
+                    ours = self._renew()
+                if not ours:
                     log.error("job lease %s was taken over by another holder", self.key)
                     self.lost.set()
             except redis.RedisError as exc:  # Redis restarting: keep trying, the lease is long enough

@@ -27,12 +27,15 @@ VERIFY = PREFIX + "verify"
 CHANGE_PASSWORD = PREFIX + "change_password"
 RECONCILE = PREFIX + "reconcile"
 UNDO_RESTORE = PREFIX + "undo_restore"
+SAFETY_BACKUP = PREFIX + "safety_backup"
 
 # who may ask for each job; "pre-restore" is not here: only a restore marks its safety backup so
 TRIGGERS = {
     BACKUP: ("manual", "schedule", "chat"),
     RESTORE: ("manual", "chat"),
     UNDO_RESTORE: ("manual", "chat"),
+    # "restore": the restore that just switched sends it, with the lease handed over
+    SAFETY_BACKUP: ("restore", "manual", "chat"),
     PRUNE: ("manual", "schedule", "chat"),
     CHECK: ("manual", "schedule", "chat"),
     VERIFY: ("manual", "schedule", "chat"),
@@ -144,3 +147,22 @@ def restore_id(value) -> str:
 
 
 UNDO_FIELDS = {"restore_id": restore_id}
+
+
+def give_up(value) -> bool:
+    if not isinstance(value, bool):
+        raise RequestInvalid("give_up must be true or false")
+    return value
+
+
+SAFETY_FIELDS = {"restore_id": restore_id, "give_up": give_up}
+
+
+def safety_request(args: tuple, kwargs: dict) -> dict:
+    """`restore_id` (required: the kept state to back up) and `give_up`, each checked."""
+    checked = keyword_fields(SAFETY_BACKUP, args, kwargs, SAFETY_FIELDS)
+    if "restore_id" not in checked:
+        raise RequestInvalid(f"{SAFETY_BACKUP} needs restore_id: the kept state whose safety backup is owed "
+                             "(taiga-backup snapshots --kept)")
+    checked.setdefault("give_up", False)
+    return checked

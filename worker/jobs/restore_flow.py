@@ -24,7 +24,7 @@ from worker.adapters.restic import Repository, ResticError
 from worker.backups import catalog, dump_loader, layout, media, selection, switch
 from worker.backups.selection import SelectionError
 from worker.errors import JobFailed
-from worker.jobs import restore_steps, steps
+from worker.jobs import restore_steps, safety_flow
 from worker.jobs.job import Job
 from worker.jobs.requests import RestoreRequest
 
@@ -75,13 +75,6 @@ def choose(job: Job, request: RestoreRequest, repos: dict) -> tuple:
     return chosen, backups
 
 
-def unique_backup_id(taken: set) -> str:
-    """Backup ids have one-second resolution: never reuse one (tags pair snapshots by it)."""
-    while (backup_id := steps.new_backup_id()) in taken:
-        time.sleep(0.25)
-    return backup_id
-
-
 def unique_restore_id(settings) -> str:
     """Restore ids are the start second: never one whose kept state still exists."""
     taken = {k["id"] for k in switch.kept_states(settings)}
@@ -114,7 +107,7 @@ def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target
                 "kept_as": {"database": switch.before_db(settings, "<id>") if target.exists else None,
                             "files_dir": switch.kept_dir(settings, "<id>")},
                 "until": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
-            "would_remove": switch.kept_states(settings),
+            "would_remove": [k for k in switch.kept_states(settings) if not k["safety_backup_owed"]],
             "space_needed": {
                 "database_bytes": db_bytes,
                 "database_note": f"free on the PostgreSQL server beside {target.name} (about the dump's size plus "
@@ -126,36 +119,6 @@ def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target
         }
         entry.update(space_needed=found["space_needed"])
         return found
-
-
-def safety_backup(job: Job, target: databases.Target, backups: list, rid: str) -> dict | None:
-    """A backup of the state just replaced, made from the kept previous state (the renamed
-    database and the kept media folder) with the app already up again: a wrong restore can be
-    undone by restoring it by id after the kept state has expired."""
-    with job.step("safety_backup") as entry:
-        if not target.exists:
-            entry["skipped"] = f"database {target.name} did not exist: nothing to protect"
-            return None
-        child = Job("backup", job.settings)
-        child.report.update(backup_id=unique_backup_id({b.id for b in backups}), trigger=selection.PRE_RESTORE)
-        if job.lease is not None:  # a worker killed from here on: the reconciler settles this id only
-            job.lease.note(backup_id=child.report["backup_id"])
-        # the kept media are the live media of a moment ago, renamed: the newest media snapshot is
-        # their parent, and restic reads only files whose metadata changed
-        parent = next((b.files["id"] for b in reversed(backups) if b.files), None)
-        summary = steps.summarize(job.settings, steps.backup_quiesced(
-            child, target.size_bytes, dbname=switch.before_db(job.settings, rid),
-            files_dir=switch.kept_dir(job.settings, rid), parent=parent, pause="safety_files"))
-        entry["steps"] = child.report["steps"]
-        if child.errors:
-            steps.discard(child, summary["snapshots"])
-            raise JobFailed(f"the restore is done and live, but the safety backup of the previous state failed "
-                            f"({child.errors[0]}); that state is kept as restore {rid} (undo-restore) until "
-                            f"RESTORE_KEEP_PREVIOUS runs out")
-        made = {"backup_id": child.report["backup_id"], "snapshots": summary["snapshots"],
-                "bytes_added": summary["bytes_added"]["total"]}
-        entry.update(made)
-        return made
 
 
 def _prepare(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target, rid: str, ids) -> dict:
@@ -194,10 +157,14 @@ def _prepare(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Ta
     return done
 
 
-def restore_backup(job: Job, request: RestoreRequest, live: switch.LiveHolders) -> dict:
+def restore_backup(job: Job, request: RestoreRequest, live: switch.LiveHolders,
+                   send_safety: safety_flow.Send | None = None) -> dict:
     """The chain; the report is filled in as it goes, so a failure report shows how far it got.
     `live()`: the worker processes alive now (the task asks Celery), so that what a dead job
-    left is settled and what a running one holds is not."""
+    left is settled and what a running one holds is not. `send_safety`: queues the safety
+    backup as a job of its own, which the restore hands its lease to once it has answered
+    (worker.jobs.safety_flow); without it (one process) the safety backup is made inline, beside
+    the resume."""
     settings = job.settings
     job.report.update(request=request.as_dict(), trigger=request.trigger, backup_id=None, snapshots=None,
                       safety_backup=None, database=None, files=None, deployments={}, downtime_seconds=0.0,
@@ -231,17 +198,19 @@ def restore_backup(job: Job, request: RestoreRequest, live: switch.LiveHolders) 
     switch.claim(settings, rid)
     done = _prepare(job, chosen, repos, target, rid, ids)
     staged = done["files"]
-    switched, safety = False, None
+    switched, safety, owed = False, None, None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety-backup") as pool:
         try:
             def do_switch() -> dict:
-                nonlocal switched, safety
+                nonlocal switched, safety, owed
                 out = switch.forward(settings, rid, staged.source, target.exists, ids)
                 switched = True
-                if request.safety_backup:
+                if request.safety_backup and send_safety is None:
                     # the kept state is whole and nobody else sees it: its backup starts now,
                     # while the resume waits for the pods
-                    safety = pool.submit(safety_backup, job, target, backups, rid)
+                    safety = pool.submit(safety_flow.inline, job, target, backups, rid)
+                elif request.safety_backup:  # owed from now on, whatever happens to this job
+                    owed = safety_flow.owe(job, target, backups, rid)
                 return out
 
             moved = restore_steps.down_for(job, kube, names, do_switch)
@@ -253,9 +222,17 @@ def restore_backup(job: Job, request: RestoreRequest, live: switch.LiveHolders) 
         job.report["kept"] = next((k for k in switch.kept_states(settings) if k["id"] == rid), None)
         if safety is not None:
             job.report["safety_backup"] = safety.result()
-    with job.step("cleanup") as entry:
-        entry["removed_kept"] = [switch.remove_kept(settings, k["id"])["id"]
-                                 for k in switch.kept_states(settings) if k["id"] != rid]
+    with job.step("cleanup") as entry:  # older kept states, but never one still owed its safety backup
+        entry["removed_kept"] = [switch.remove_kept(settings, k["id"])["id"] for k in switch.kept_states(settings)
+                                 if k["id"] != rid and not k["safety_backup_owed"]]
+    if request.safety_backup and send_safety is not None:
+        # the report is complete and the app up: the lease goes to the safety backup
+        with job.step(safety_flow.KIND) as entry:
+            if owed is None:
+                entry["skipped"] = f"database {target.name} did not exist: nothing to protect"
+            else:
+                job.report["safety_backup"] = safety_flow.hand_over(job, rid, owed, send_safety)
+                entry.update(job.report["safety_backup"])
     return {}
 
 

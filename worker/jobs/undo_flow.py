@@ -10,7 +10,7 @@ the kept state -> quiesce -> switch back -> resume, in a `finally` -> remove the
 
 from __future__ import annotations
 
-from worker.backups import media, switch
+from worker.backups import media, safety_owed, switch
 from worker.errors import JobFailed
 from worker.jobs import restore_steps
 from worker.jobs.job import Job
@@ -38,5 +38,6 @@ def undo(job: Job, restore_id: str | None, live: switch.LiveHolders) -> dict:
     job.report["switch"] = restore_steps.down_for(job, kube, names, lambda: switch.back(settings, chosen, ids))
     with job.step("cleanup") as entry:  # with the app up again
         switch.discard(settings, chosen)
+        safety_owed.settle(settings, chosen)  # the state it owed a backup of is live again
         entry["removed"] = job.report["switch"]["undone"]
     return {}

@@ -13,7 +13,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
 from worker import instance
-from worker.jobs import backup_chain
+from worker.jobs import backup_chain, safety_flow
 
 INSTANCE_COMMAND = "taiga_backup_instance"
 
@@ -24,12 +24,13 @@ def taiga_backup_instance(state, **_):
 
 
 def running_jobs() -> set[str]:
-    """The jobs running in this process: every task executing now (a restore, an undo), and every
+    """The jobs running in this process: every task executing now (a restore, an undo), every
     backup chain that goes on here holding its lease (backup_chain.running_jobs: its last link
-    carries the backup's id, and runs on after a lost lease)."""
+    carries the backup's id, and runs on after a lost lease), and every safety backup a restore
+    handed its lease to whose task has not started yet (safety_flow.running_jobs)."""
     chain = {*backup_chain.ORDER, backup_chain.ABORT}
     tasks = {request.id for request in list(worker_state.active_requests) if request.name not in chain}
-    return tasks | backup_chain.running_jobs()
+    return tasks | backup_chain.running_jobs() | safety_flow.running_jobs()
 
 
 def live_jobs(app, timeout: float = 2.0) -> dict[str, set[str]]:

@@ -8,7 +8,7 @@ import time
 import fakeredis
 import pytest
 
-from worker.jobs.lease import JobBusy, JobLock
+from worker.jobs.lease import JobBusy, JobLock, LeaseLost
 
 
 def test_job_lease_refuses_a_second_holder_and_expires_when_the_holder_dies():
@@ -71,3 +71,30 @@ def test_a_lease_released_between_the_refused_set_and_the_get_is_taken_not_refus
     job.acquire("backup", "b-1", patience=5)
     assert job.redis.raced and job.holder()["task_id"] == "b-1"
     job.release()
+
+
+def test_a_transferred_lease_names_the_new_job_until_it_adopts_and_releases_it():
+    """A restore hands its lease to its safety backup: the lease and the `active` record name the
+    safety backup (so a crash is settled as its), nobody else can take it meanwhile, and one
+    taken over is not handed on."""
+    server = fakeredis.FakeServer()
+    restore = JobLock(fakeredis.FakeRedis(server=server), "s3:bucket/taiga", lease_seconds=5)
+    other = JobLock(fakeredis.FakeRedis(server=server), "s3:bucket/taiga", lease_seconds=5)
+    restore.acquire("restore", "task-r")
+    value = restore.transfer("safety_backup", "task-s", backup_id="20261203T100000Z")
+    assert restore.holder()["task_id"] == "task-s" and restore.holder()["kind"] == "safety_backup"
+    assert restore.active()["task_id"] == "task-s" and restore.active()["backup_id"] == "20261203T100000Z"
+    with pytest.raises(JobBusy, match="safety_backup task task-s"):
+        other.acquire("backup", "task-b")
+    restore.pause(grace=5)
+    restore.adopt(value)  # the safety backup's task, in the same process
+    assert restore.active()["backup_id"] == "20261203T100000Z"  # the record is kept, not rewritten
+    restore.release()
+    assert restore.holder() is None and restore.active() is None
+
+    other.acquire("backup", "task-b")
+    other.redis.set(other.key, b'{"kind": "reconcile", "task_id": "x"}', ex=5)  # taken over
+    with pytest.raises(LeaseLost):
+        other.transfer("safety_backup", "task-s2")
+    assert other.holder()["task_id"] == "x"
+    other._stop.set()
