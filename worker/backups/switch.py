@@ -380,6 +380,12 @@ def kept_states(settings: Settings) -> list[dict]:
     return out
 
 
+def replaceable(settings: Settings) -> list[dict]:
+    """The kept states a successful restore removes: every one but those still owing their
+    safety backup (the only copy of what their restore replaced)."""
+    return [k for k in kept_states(settings) if not k["safety_backup_owed"]]
+
+
 def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 

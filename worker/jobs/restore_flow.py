@@ -107,7 +107,7 @@ def plan(job: Job, chosen: catalog.Backup, repos: dict, target: databases.Target
                 "kept_as": {"database": switch.before_db(settings, "<id>") if target.exists else None,
                             "files_dir": switch.kept_dir(settings, "<id>")},
                 "until": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
-            "would_remove": [k for k in switch.kept_states(settings) if not k["safety_backup_owed"]],
+            "would_remove": switch.replaceable(settings),
             "space_needed": {
                 "database_bytes": db_bytes,
                 "database_note": f"free on the PostgreSQL server beside {target.name} (about the dump's size plus "
@@ -222,17 +222,12 @@ def restore_backup(job: Job, request: RestoreRequest, live: switch.LiveHolders,
         job.report["kept"] = next((k for k in switch.kept_states(settings) if k["id"] == rid), None)
         if safety is not None:
             job.report["safety_backup"] = safety.result()
-    with job.step("cleanup") as entry:  # older kept states, but never one still owed its safety backup
-        entry["removed_kept"] = [switch.remove_kept(settings, k["id"])["id"] for k in switch.kept_states(settings)
-                                 if k["id"] != rid and not k["safety_backup_owed"]]
+    with job.step("cleanup") as entry:
+        entry["removed_kept"] = [switch.remove_kept(settings, k["id"])["id"]
+                                 for k in switch.replaceable(settings) if k["id"] != rid]
     if request.safety_backup and send_safety is not None:
         # the report is complete and the app up: the lease goes to the safety backup
-        with job.step(safety_flow.KIND) as entry:
-            if owed is None:
-                entry["skipped"] = f"database {target.name} did not exist: nothing to protect"
-            else:
-                job.report["safety_backup"] = safety_flow.hand_over(job, rid, owed, send_safety)
-                entry.update(job.report["safety_backup"])
+        job.report["safety_backup"] = safety_flow.hand_over(job, target, rid, owed, send_safety)
     return {}
 
 

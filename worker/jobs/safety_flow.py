@@ -87,6 +87,10 @@ def back_up_kept(job: Job, rid: str, owed: dict) -> dict:
             "bytes_added": summary["bytes_added"]["total"]}
 
 
+def _nothing_to_protect(entry: dict, target: databases.Target) -> None:
+    entry["skipped"] = f"database {target.name} did not exist: nothing to protect"
+
+
 def inline(job: Job, target: databases.Target, backups: list[catalog.Backup], rid: str) -> dict | None:
     """The safety backup as a step of the restore (a restore run in one process), with the app
     already up again: a wrong restore can be undone by restoring it by id after the kept state
@@ -94,7 +98,7 @@ def inline(job: Job, target: databases.Target, backups: list[catalog.Backup], ri
     with job.step(KIND) as entry:
         owed = owe(job, target, backups, rid)
         if owed is None:
-            entry["skipped"] = f"database {target.name} did not exist: nothing to protect"
+            _nothing_to_protect(entry, target)
             return None
         child = Job("backup", job.settings)
         child.lease = job.lease
@@ -109,26 +113,35 @@ def inline(job: Job, target: databases.Target, backups: list[catalog.Backup], ri
         return made
 
 
-def hand_over(job: Job, rid: str, owed: dict, send: Send) -> dict:
-    """The restore's last act, with the app up and its report complete: the lease becomes the
-    safety backup's (a task id made here), which is queued on this process's own queue. The
-    restore no longer holds the lease (job.lease is None) and must not release it."""
-    task_id = str(uuid.uuid4())
-    lock, job.lease = job.lease, None
-    lock.transfer(KIND, task_id, backup_id=owed["backup_id"])
-    safety_owed.owe(job.settings, rid, task_id=task_id)
-    _HANDED[task_id] = (lock, time.monotonic() + job.settings.lock_lease_seconds)
-    lock.pause(grace=job.settings.lock_lease_seconds)  # renewed until the task adopts it
-    try:
-        send(task_id, {"restore_id": rid, "trigger": "restore"})
-    except Exception as exc:
-        _HANDED.pop(task_id, None)
-        lock.release()
-        safety_owed.owe(job.settings, rid, state=safety_owed.FAILED, error=f"could not be queued: {exc}")
-        raise JobFailed(f"the restore is done and live, but its safety backup could not be queued ({exc}); the "
-                        f"state it replaced is kept (undo-restore {rid}) until a safety backup of it succeeds "
-                        f"(taiga-backup safety-backup {rid})") from None
-    return {"task_id": task_id, "backup_id": owed["backup_id"], "state": "QUEUED"}
+def hand_over(job: Job, target: databases.Target, rid: str, owed: dict | None, send: Send) -> dict | None:
+    """The restore's last step, with the app up and its report complete: the lease becomes the
+    safety backup's (a task id made here), which is queued on this process's own queue (None
+    when nothing was owed: there was no database to protect). The restore no longer holds the
+    lease then (job.lease is None) and must not release it."""
+    with job.step(KIND) as entry:
+        if owed is None:
+            _nothing_to_protect(entry, target)
+            return None
+        task_id = str(uuid.uuid4())
+        lock, job.lease = job.lease, None
+        lock.transfer(KIND, task_id, backup_id=owed["backup_id"])
+        safety_owed.owe(job.settings, rid, task_id=task_id)
+        for gone in set(_HANDED) - running_jobs():  # handed here earlier, their task never came
+            _HANDED.pop(gone, None)
+        _HANDED[task_id] = (lock, time.monotonic() + job.settings.lock_lease_seconds)
+        lock.pause(grace=job.settings.lock_lease_seconds)  # renewed until the task adopts it
+        try:
+            send(task_id, {"restore_id": rid, "trigger": "restore"})
+        except Exception as exc:
+            _HANDED.pop(task_id, None)
+            lock.release()
+            safety_owed.owe(job.settings, rid, state=safety_owed.FAILED, error=f"could not be queued: {exc}")
+            raise JobFailed(f"the restore is done and live, but its safety backup could not be queued ({exc}); "
+                            f"the state it replaced is kept (undo-restore {rid}) until a safety backup of it "
+                            f"succeeds (taiga-backup safety-backup {rid})") from None
+        queued = {"task_id": task_id, "backup_id": owed["backup_id"], "state": "QUEUED"}
+        entry.update(queued)
+        return queued
 
 
 def run(task, request: dict) -> dict:
