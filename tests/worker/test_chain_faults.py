@@ -62,6 +62,31 @@ def test_a_lease_lost_while_the_dump_streams_does_not_keep_the_app_down_for_the_
     assert app_back(site)
 
 
+def test_the_chains_errback_forgets_the_pre_pass_and_brings_the_app_back(repos):
+    """A link raised instead of passing its failure on (seen for real: Redis restarted while
+    Celery stored dump_db's STARTED state): the errback runs with the chain's first context,
+    whose report names no step, and resumes the app itself before it forgets what the backup
+    made. That resume must not pass for the whole report - "no step that makes a snapshot ran"
+    - or the pre-pass, tagged with this backup's id, is left for the old procedure's `latest`.
+    The links and the errback run here, as the worker runs them, on the real repositories."""
+    from worker.jobs import backup_chain, backup_flow
+    from worker.jobs.job import begin_job
+
+    site = repos
+    job = begin_job(None, "backup")
+    ctx = backup_flow.start(job, "manual")
+    first = json.dumps(ctx.to_json())  # as Celery keeps the errback's: serialized, apart from the links'
+    backup_chain.hand_over(job)
+    doc = json.loads(first)
+    for name in BACKUP_CHAIN[:3]:  # prepare, media_prepass, quiesce
+        doc = backup_chain.run_link(None, doc, name)
+    assert app_at_zero(site) and tagged_with(site, ctx.report["backup_id"])["files"], "no pre-pass to forget"
+    report = backup_chain.run_abort(None, json.loads(first), "step task x failed: ConnectionError")
+    assert report["state"] == "FAILURE", report
+    assert snapshots(site, "files") == [] and snapshots(site, "pg-database") == [], json.dumps(report)
+    assert app_back(site)
+
+
 def _restic_running(worker, command: bytes) -> bool:
     from testkit.site import descendants
 
@@ -176,5 +201,5 @@ def test_redis_restarted_empty_at_each_link_leaves_the_app_up_and_a_whole_backup
     print(f"redis restarted at {link}: {outcome}; report {report.get('state')} {report.get('error')}")
     if report.get("state") == "SUCCESS":
         assert outcome == "whole"
-    elif report:
-        assert outcome == "nothing", report
+    elif report:  # failed or interrupted: a complete backup is kept only when its window was whole
+        assert outcome == ("whole" if report.get("backup_complete") else "nothing"), report

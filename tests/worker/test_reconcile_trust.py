@@ -171,5 +171,42 @@ def test_a_forged_success_of_a_dead_backup_does_not_keep_its_half_backup(repos, 
     assert app_back(site)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("by_hand", [False, True], ids=["window-whole", "app-up-by-hand"])
+def test_a_dead_backup_with_both_snapshots_is_kept_only_when_its_window_was_whole(
+        by_hand, repos, start_worker, celery_client):
+    """The worker dies in the resume link, both snapshots saved, before the resume checked that
+    the app stayed down for the whole window. A new worker resumes the app at once and settles
+    the dead job once its lease has run out: the pair stays, and the report says so
+    (`backup_complete`), when the app was still held down by the dead job as the reconciler
+    found it; it is forgotten when someone had brought the app up by hand inside the window
+    (the media may hold writes after the database's point)."""
+    from worker.jobs.backup_flow import RESUME_PAUSE
+
+    site = repos
+    first = start_worker(JOB_LOCK_LEASE=5, TAIGA_BACKUP_TEST_PAUSE=RESUME_PAUSE)
+    task = celery_client.send_task("taiga_backup.backup")
+    wait_until(lambda: f"test pause: {RESUME_PAUSE}" in first.output(), 120, "the resume link paused")
+    backup_id = wait_until(lambda: next((t.removeprefix("backup-id=") for s in snapshots(site, "pg-database")
+                                         for t in s.get("tags") or [] if t.startswith("backup-id=")), None),
+                           60, "the database snapshot", interval=0.2)
+    assert all(tagged_with(site, backup_id).values()), "both snapshots saved before the kill"
+    if by_hand:
+        steps.kube_in(site.settings()).resume(NAMES, 30)  # as with kubectl scale and annotate
+    first.kill()
+    start_worker(JOB_LOCK_LEASE=5)  # its second start-up reconcile comes once the dead lease ran out
+    client = redis_connect(site.settings())
+    report = wait_until(lambda: (lambda r: r if r.get("finished_at") else None)(
+        json.loads(client.get(f"taiga-backup:taiga:report:{task.id}") or b"{}")), 60, "the dead job settled",
+        interval=0.5)
+    assert report["state"] == "FAILURE" and report.get("interrupted"), report
+    assert app_back(site)
+    kept = tagged_with(site, backup_id)
+    if by_hand:
+        assert report["backup_complete"] is False and kept == {"files": [], "pg-database": []}, (report, kept)
+    else:
+        assert report["backup_complete"] is True and all(len(ids) == 1 for ids in kept.values()), (report, kept)
+
+
 def tagged_prepasses(site) -> set[str]:
     return {s["id"] for s in snapshots(site, "files") if "taiga-backup-prepass" in (s.get("tags") or [])}

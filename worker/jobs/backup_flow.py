@@ -39,8 +39,12 @@ from worker.jobs.backup_context import BackupContext
 from worker.jobs.held import hold, join_held
 from worker.jobs.job import Job
 from worker.jobs.lease import LeaseLost
+from worker.pause_points import pause_point
 
 log = logging.getLogger("taiga_backup.backup")
+
+# test-only (worker.pause_points): a worker killed in resume, before it checked the quiesced window
+RESUME_PAUSE = "backup_resume"
 
 
 # the niceness of the background dump: it starts while the app is down, beside the quiesced media
@@ -87,7 +91,7 @@ def prepare(job: Job, ctx: BackupContext) -> None:
             raise
 
     try:
-        with job.step("preflight") as entry:
+        with job.step(backup_guard.FIRST_STEP) as entry:
             with ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
                 checks = [pool.submit(postgres.preflight, settings),
                           pool.submit(lambda: names and steps.kube_for(job).preflight(names)), pool.submit(probe)]
@@ -106,7 +110,7 @@ def prepare(job: Job, ctx: BackupContext) -> None:
 def _make_way(job: Job, repo, entry: dict) -> None:
     """Stale locks of ours (crashed pods, other host names) go; a live holder is waited for."""
     done = restic_locks.make_way(job.settings, repo, redis_connect(job.settings), exclusive=False,
-                                 on_wait=lambda msg: job.progress(entry.get("step", "preflight"), None, msg))
+                                 on_wait=lambda msg: job.progress(entry.get("step", backup_guard.FIRST_STEP), None, msg))
     entry.setdefault("locks_removed", []).extend(done.get("locks_removed", []))
 
 
@@ -287,6 +291,7 @@ def resume(job: Job, ctx: BackupContext) -> None:
     are done was brought up inside the quiesced window: the backup is not one point, and fails."""
     if not ctx.quiesced or ctx.lost:
         return
+    pause_point(RESUME_PAUSE)
     kube = _kube(job, ctx)
     if kube is not None and not _skip(job, ctx):
         backup_guard.check_window(job, kube, ctx.names)

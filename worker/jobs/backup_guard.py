@@ -9,6 +9,7 @@ the job never heard of - with this backup's tags, where the old procedure takes 
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from worker.backups import catalog, layout
@@ -16,9 +17,12 @@ from worker.errors import OperatorError
 from worker.jobs import steps
 from worker.jobs.job import Job
 
+log = logging.getLogger("taiga_backup.backup")
 
 # the steps that start a restic backup: a backup that never ran one made no snapshot
 MAKERS = frozenset({"media_prepass", "dump_db", "restic_backup"})
+# the backup's first step (prepare's): a report that holds it knows every step the job ran
+FIRST_STEP = "preflight"
 
 
 def check_window(job: Job, kube, names: list[str]) -> None:
@@ -35,6 +39,18 @@ def check_window(job: Job, kube, names: list[str]) -> None:
         job.fail("quiesced_window", OperatorError(
             f"{', '.join(up)} no longer held down by this backup before its snapshots were done (scaled up "
             f"or quiesced by someone else): the backup would not be one point in time"))
+    elif job.lease is not None:
+        _note_window_held(job)
+
+
+def _note_window_held(job: Job) -> None:
+    """The lease record says the window was checked whole, so that a crash from here on keeps
+    the complete pair: once the app is back up, the reconciler cannot tell
+    (reconcile_flow.window_whole). A note that cannot be written costs only that pair, after a crash."""
+    try:
+        job.lease.note(window_held=True)
+    except Exception as exc:
+        log.warning("could not record the checked window in the lease record: %s", exc)
 
 
 def forget_backup(job: Job) -> None:
@@ -45,11 +61,13 @@ def forget_backup(job: Job) -> None:
     else be the old procedure's `latest`. Only snapshots tagged with this backup's id: after a
     lost lease too, another job's are never touched. A backup that never started a restic
     backup (it failed in prepare) made nothing, and its repositories are not asked (they may be
-    the very thing that did not answer). Steps not known (the report lost with a Redis restart,
-    or the errback's context from before the first link) are no proof: the repositories are asked."""
+    the very thing that did not answer) - as long as the report holds the job's first step. One
+    that does not is no proof: the errback's (its context is from before the first link) holds
+    only the resume the errback did itself, and so does a report lost with a Redis restart: the
+    repositories are asked."""
     backup_id = job.report.get("backup_id")
     known = set(job.report.get("steps") or {})
-    if not backup_id or (known and not MAKERS & known):
+    if not backup_id or (FIRST_STEP in known and not MAKERS & known):
         return
     ours = {catalog.ID_TAG + backup_id, catalog.PREPASS_OF_TAG + backup_id}
 

@@ -215,6 +215,19 @@ class JobLock:
 
         self._watched(self.active_key, act)
 
+    def vouch(self, task_id: str, **fields) -> bool:
+        """Adds facts to another job's `active` record while it is still that job's: what the
+        reconciler saw of a dead job (its app still held down by it) that is gone by the time the
+        job is settled. Whether it was still that job's record."""
+        def act(pipe, current) -> bool:
+            record = json.loads(current) if current else {}
+            if record.get("task_id") != task_id:
+                return False
+            pipe.set(self.active_key, json.dumps({**record, **fields}, sort_keys=True))
+            return True
+
+        return self._watched(self.active_key, act)
+
     def interrupted(self) -> list[tuple[bytes, dict]]:
         """(raw, record) of every job whose holder died, oldest first, until settled(raw)."""
         out = []

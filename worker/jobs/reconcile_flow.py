@@ -50,48 +50,72 @@ def _finished(settings: Settings, celery: CeleryView, task_id: str) -> bool:
     return bool(raw) and json.loads(raw).get("state") in ("SUCCESS", "FAILURE")
 
 
-def settle_backup(settings: Settings, active: dict) -> tuple[Job, str]:
+def settle_backup(settings: Settings, active: dict, window_whole: bool = True) -> tuple[Job, str, bool]:
     """What a killed backup (or a restore's safety backup) made, judged by its own backup id only
     (recorded in its lease record):
-    a complete pair is a good backup and stays; a half one (one repository, or a media pre-pass)
-    is forgotten, as the backup would have done had it failed - `latest` must never point at half
-    a backup. Snapshots of any other job, made before or after, are never touched. Returns the
-    job that did the forgetting and a sentence for the report."""
+    a complete pair is a good backup and stays - if its quiesced window was whole (window_whole,
+    see window_whole()); a half one (one repository, or a media pre-pass), or a pair whose window
+    nobody can vouch for, is forgotten, as the backup would have done had it failed - `latest` must
+    never point at half a backup, nor at one that is not one point in time. Snapshots of any other
+    job, made before or after, are never touched. Returns the job that did the forgetting, a
+    sentence for the report, and whether a complete backup was kept."""
     job = Job("backup", settings)
     backup_id = active.get("backup_id")  # a backup's, or the safety backup a restore was making
     if not backup_id:
-        return job, "it had made no snapshot"
+        return job, "it had made no snapshot", False
     repos = layout.both(settings)
     for repo in repos.values():
         repo.unlock_stale(timeout=settings.discard_timeout)  # the killed restic's lock, same host
     tagged = {name: repo.snapshots(tag=catalog.ID_TAG + backup_id) for name, repo in repos.items()}
     pair = next((b for b in catalog.pair(tagged[layout.FILES], tagged[layout.DATABASE]) if b.id == backup_id), None)
-    keep = set(pair.snapshot_ids().values()) if pair is not None and pair.complete else set()
+    complete = pair is not None and pair.complete
+    keep = set(pair.snapshot_ids().values()) if complete and window_whole else set()
     prepasses = repos[layout.FILES].snapshots(tag=catalog.PREPASS_OF_TAG + backup_id)  # never a backup
     for name, snaps in {**tagged, layout.FILES: tagged[layout.FILES] + prepasses}.items():
         for snapshot in snaps:
             if snapshot["id"] not in keep:
                 steps.discard(job, {name: snapshot["id"]})
     if keep:
-        return job, f"its backup {backup_id} is complete (both snapshots) and was kept"
-    return job, f"its half-made backup {backup_id} was discarded"
+        return job, f"its backup {backup_id} is complete (both snapshots) and was kept", True
+    if complete:
+        return job, (f"its backup {backup_id} had both snapshots, but the app was no longer held down by it "
+                     f"and its window was never checked (not one point in time): discarded"), False
+    return job, f"its half-made backup {backup_id} was discarded", False
 
 
-def mark_interrupted(settings: Settings, celery: CeleryView, active: dict) -> str | None:
+def window_whole(settings: Settings, active: dict, abandoned: dict[str, str] | None) -> bool | None:
+    """Whether a dead backup's quiesced window is known to be whole, so a complete pair of it is
+    one point in time: its resume checked it, or a reconciler found every deployment it quiesces
+    still held down by it, the moment before it resumed them (either wrote `window_held` into its
+    lease record), or this reconcile finds so now (abandoned: name -> the job on its annotation,
+    resume_abandoned). Not a question for a restore's safety backup (it backs up a kept state,
+    not the live app) or where nothing is quiesced. None when the deployments could not be read:
+    asked again at the next reconcile."""
+    names = settings.quiesce_deployments
+    if active.get("kind", "backup") != "backup" or active.get("window_held") or not names:
+        return True
+    if abandoned is None:
+        return None
+    return all(abandoned.get(name) == active.get("task_id") for name in names)
+
+
+def mark_interrupted(settings: Settings, celery: CeleryView, active: dict, whole: bool = True) -> str | None:
     """Marks a job whose worker died FAILURE (Celery state and our report) and settles what it
-    made. None when the job had in fact finished - as its result key says, which anyone who can
-    write to Redis can forge: what it made is settled all the same (a finished job's complete
-    pair stays, and a failed one left nothing of its own)."""
+    made (whole: window_whole()). None when the job had in fact finished - as its result key
+    says, which anyone who can write to Redis can forge: what it made is settled all the same (a
+    finished job's complete pair stays, and a failed one left nothing of its own). The report
+    says whether a complete backup was kept (`backup_complete`): the job failed, its backup may not have."""
     task_id = active.get("task_id")
     if task_id and _finished(settings, celery, task_id):
         try:
-            settle_backup(settings, active)
+            settle_backup(settings, active, whole)
         except Exception as exc:
             log.warning("reconcile: could not settle what finished job %s made: %s", task_id, exc)
         return None
     try:
-        cleanup, outcome = settle_backup(settings, active)
-        extra = {"discarded_snapshots": cleanup.report.get("discarded_snapshots", {}), "errors": cleanup.errors}
+        cleanup, outcome, kept = settle_backup(settings, active, whole)
+        extra = {"discarded_snapshots": cleanup.report.get("discarded_snapshots", {}), "errors": cleanup.errors,
+                 "backup_complete": kept}
     except Exception as exc:  # marking the job failed matters more than tidying the repository
         outcome, extra = "what it made could not be settled", {"errors": [redact.redact(f"discard: {exc}")]}
     message = (f"interrupted: the worker running this {active.get('kind', 'job')} on {active.get('host', '?')} "
@@ -106,14 +130,18 @@ def mark_interrupted(settings: Settings, celery: CeleryView, active: dict) -> st
     return message
 
 
-def resume_abandoned(settings: Settings, kube, jobs: Callable[[], dict[str, set[str]]], names: list[str]) -> dict:
+def resume_abandoned(settings: Settings, kube, jobs: Callable[[], dict[str, set[str]]], names: list[str],
+                     seen: dict | None = None) -> dict:
     """Resumes the deployments whose quiescing job no longer runs in the process named on them
     (`jobs()`: what the live processes answer; a process that does not answer is gone - as long
     as this one, which runs the reconcile, answered: else nobody's silence means anything). Judged by
     what the Kubernetes API and the live workers say only, and each resume conditioned on the
     annotation still naming that job (a job that quiesced in between keeps the app down).
-    Returns what it resumed and what it left to a job still running."""
+    Returns what it resumed and what it left to a job still running; `seen["abandoned"]` gets the
+    job each resumed deployment was held down by, before it is resumed (window_whole)."""
     holders = kube.holders(names)
+    if seen is not None:
+        seen["abandoned"] = {}
     if not holders:
         return {}
     live = jobs()
@@ -127,19 +155,21 @@ def resume_abandoned(settings: Settings, kube, jobs: Callable[[], dict[str, set[
         log.info("reconcile: %s quiesced by a job still running; left alone", ", ".join(sorted(running)))
     abandoned = {name: holders[name].get("job") for name in names if name in holders and name not in running}
     if abandoned:
+        if seen is not None:
+            seen["abandoned"] = abandoned
         out["resumed"] = kube.resume(list(abandoned), settings.resume_timeout, expect=abandoned)
         log.warning("reconcile: resumed %s", out["resumed"])
     return out
 
 
-def _resume(settings: Settings, celery: CeleryView, result: dict) -> Exception | None:
-    """resume_abandoned over the configured deployments, into `result`; the error, if any."""
+def _resume(settings: Settings, celery: CeleryView, result: dict, seen: dict | None = None) -> Exception | None:
+    """resume_abandoned over the configured deployments, into `result` (and `seen`); the error, if any."""
     names = settings.all_quiesced_deployments
     if not names:
         return None
     try:
         kube = steps.kube_in(settings)
-        result.update(resume_abandoned(settings, kube, celery.jobs, names))
+        result.update(resume_abandoned(settings, kube, celery.jobs, names, seen))
         steps.refresh_quiesced(kube, names)
     except Exception as exc:
         return exc
@@ -153,7 +183,13 @@ def _while_busy(settings: Settings, celery: CeleryView, lock: JobLock) -> dict:
     result = {"state": "skipped", "reason": "a job holds the repository"}
     if (lock.holder() or {}).get("kind") == "reconcile" or switch.read_journal(settings) is not None:
         return result
-    failure = _resume(settings, celery, result)
+    seen: dict = {}
+    failure = _resume(settings, celery, result, seen)
+    abandoned, active = seen.get("abandoned") or {}, lock.active() or {}
+    if active.get("task_id") in abandoned.values() and window_whole(settings, active, abandoned):
+        # the dead job is settled once its lease has run out, when its annotations are gone: what
+        # was seen before they were removed goes into its record
+        lock.vouch(active["task_id"], window_held=True)
     if failure is not None:
         raise failure
     return result
@@ -196,7 +232,9 @@ def _reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
         settled = restore_steps.settle_before_resume(settings, celery.live)
 
         result = {"state": "ok", "resumed": {}, **({"restore": settled} if settled else {})}
-        failure = _resume(settings, celery, result)  # still settle the interrupted jobs; fail afterwards
+        seen: dict = {}
+        failure = _resume(settings, celery, result, seen)  # still settle the interrupted jobs; fail afterwards
+        abandoned = seen.get("abandoned")  # None: the deployments could not be read
         interrupted = lock.interrupted()
         running = set().union(*celery.jobs().values()) if interrupted else set()
         for raw, active in interrupted:
@@ -204,7 +242,10 @@ def _reconcile(settings: Settings, celery: CeleryView, task_id: str) -> dict:
                 # its lease record was moved aside (the lease gone with a Redis restart, or deleted)
                 # while a live worker still runs it: nothing to settle yet; asked again next time
                 continue
-            if mark_interrupted(settings, celery, active) is not None:
+            whole = window_whole(settings, active, abandoned)
+            if whole is None:  # its deployments could not be read: judged at the next reconcile
+                continue
+            if mark_interrupted(settings, celery, active, whole) is not None:
                 result["interrupted_task"] = active.get("task_id")
             lock.settled(raw)
         if failure is not None:

@@ -98,3 +98,19 @@ def test_a_transferred_lease_names_the_new_job_until_it_adopts_and_releases_it()
         other.transfer("safety_backup", "task-s2")
     assert other.holder()["task_id"] == "x"
     other._stop.set()
+
+
+def test_a_reconciler_vouches_only_for_the_job_whose_record_it_is():
+    """What the reconciler saw of a dead job goes into that job's record, never into another's:
+    the record may have changed hands between the look and the write."""
+    server = fakeredis.FakeServer()
+    job = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    reconciler = JobLock(fakeredis.FakeRedis(server=server), "repo", lease_seconds=5)
+    job.acquire("backup", "dead-job")
+    job.note(backup_id="b1")
+    assert reconciler.vouch("dead-job", window_held=True)
+    active = reconciler.active()
+    assert (active["task_id"], active["backup_id"], active["window_held"]) == ("dead-job", "b1", True)
+    assert not reconciler.vouch("another-job", window_held=False)
+    assert reconciler.active()["window_held"] is True
+    job.release()
