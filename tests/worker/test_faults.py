@@ -99,7 +99,9 @@ def s3_site(site, tmp_path, monkeypatch):
     env = {"RESTIC_REPOSITORY": f"s3:{moto.url}/taiga-backups/taiga",
            "AWS_ACCESS_KEY_ID_FILE": str(site.secrets / "aws-access-key-id"),
            "AWS_SECRET_ACCESS_KEY_FILE": str(site.secrets / "aws-secret-access-key"),
-           "AWS_DEFAULT_REGION": "us-east-1", "DUMP_TIMEOUT": "12", "FILES_TIMEOUT": "12", "DISCARD_TIMEOUT": "5"}
+           "AWS_DEFAULT_REGION": "us-east-1", "DUMP_TIMEOUT": "12", "FILES_TIMEOUT": "12", "DISCARD_TIMEOUT": "5",
+           # restic 0.17+ retries a refused endpoint until the preflight's deadline (120 s by default)
+           "PREFLIGHT_TIMEOUT": "20"}
     site.env.update(env)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -148,7 +150,9 @@ def test_s3_endpoint_down_mid_backup_and_before_one(s3_site, caplog):
 
     t0 = time.monotonic()
     text = failure_of(run_backup)
-    print(f"S3 down before a backup: FAILURE after {time.monotonic() - t0:.1f}s")
+    failed_after = time.monotonic() - t0
+    print(f"S3 down before a backup: FAILURE after {failed_after:.1f}s")
+    assert failed_after < 40, "the preflight's deadline (20 s) bounds restic's retries"
     # restic 0.14 gives up at once; 0.17 and later retry until the preflight's deadline: both say why
     assert text.startswith(("preflight: restic list (pg-database) failed",
                             "preflight: restic list (pg-database) " + DEADLINE)) and "connection refused" in text

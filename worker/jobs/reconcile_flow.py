@@ -119,8 +119,8 @@ def mark_interrupted(settings: Settings, celery: CeleryView, active: dict, whole
     except Exception as exc:  # marking the job failed matters more than tidying the repository
         outcome, extra = "what it made could not be settled", {"errors": [redact.redact(f"discard: {exc}")]}
     message = (f"interrupted: the worker running this {active.get('kind', 'job')} on {active.get('host', '?')} "
-               f"stopped before it reported its end (started {active.get('since', '?')}); {outcome}; the app was "
-               f"resumed by the reconciler")
+               f"stopped before it reported its end - it died, or the message of its next step was lost "
+               f"(started {active.get('since', '?')}); {outcome}; whatever it held down was resumed by the reconciler")
     if task_id:
         celery.mark_failed(task_id, JobFailed(message))
         store_report(settings, {"job": active.get("kind", "job"), "task_id": task_id, "state": "FAILURE",
