@@ -26,7 +26,7 @@ for p in (str(ROOT),):
         sys.path.insert(0, p)
 
 from testkit import dataset  # noqa: E402
-from testkit.servers import PostgresCluster  # noqa: E402
+from bench.lab import standalone_db  # noqa: E402
 
 DB, USER, PASSWORD = "taiga", "taiga", "growth-pw"
 
@@ -37,12 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fraction", type=float, default=0.01)
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tb-growth-"))
-    pg = PostgresCluster().start()
+    pg, conninfo, stats = standalone_db(work, args.scale, (DB, USER, PASSWORD))
     try:
-        pg.create_app_db(DB, USER, PASSWORD)
-        conninfo = f"host=127.0.0.1 port={pg.port} user={USER} password={PASSWORD} dbname={DB}"
-        dataset.create_schema(conninfo)
-        stats = dataset.populate(conninfo, str(work / "media"), scale=args.scale, seed=1)
         (work / "pw").write_text("growth\n")
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
         env.update(PGPASSWORD=PASSWORD, PGHOST="127.0.0.1", PGPORT=str(pg.port), PGUSER=USER,

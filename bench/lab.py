@@ -212,3 +212,21 @@ class Lab:
         brief = {k: run.get(k) for k in ("wall_s", "downtime_s", "data_added", "repo_growth", "error")}
         log(f"{run['phase']:<8} {run['variant']:<10} {json.dumps(brief)}")
         return run
+
+
+def standalone_db(work: Path, scale: float, names: tuple[str, str, str]) -> tuple[PostgresCluster, str, dict]:
+    """A throw-away cluster holding the Taiga-like dataset at `scale` (its media under work/media),
+    for the scripts that measure one part without the lab's other servers (bench.growth,
+    bench.stream_costs): the cluster (the caller cleans it up), its conninfo, the dataset's stats.
+    names: (database, user, password)."""
+    db, user, password = names
+    pg = PostgresCluster().start()
+    try:
+        pg.create_app_db(db, user, password)
+        conninfo = f"host=127.0.0.1 port={pg.port} user={user} password={password} dbname={db}"
+        dataset.create_schema(conninfo)
+        log(f"generating the dataset at scale {scale} ...")
+        return pg, conninfo, dataset.populate(conninfo, str(work / "media"), scale=scale, seed=1)
+    except BaseException:
+        pg.cleanup()
+        raise
