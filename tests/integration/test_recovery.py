@@ -34,7 +34,7 @@ def test_a_complete_backup_of_a_dead_job_is_kept_and_a_half_one_forgotten(repos)
 
     # both snapshots, but the app was up again before the window was checked: not one point in time
     job, outcome, kept = settle_backup(settings, {"kind": "backup", "backup_id": broken["backup_id"]},
-                                       window_whole=False)
+                                       whole=False)
     assert "not one point in time" in outcome and not kept and not job.errors
     assert broken["snapshots"]["files"] not in snapshot_ids(site, "files")
     assert broken["snapshots"]["pg-database"] not in snapshot_ids(site, "pg-database")

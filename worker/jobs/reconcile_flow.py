@@ -50,11 +50,11 @@ def _finished(settings: Settings, celery: CeleryView, task_id: str) -> bool:
     return bool(raw) and json.loads(raw).get("state") in ("SUCCESS", "FAILURE")
 
 
-def settle_backup(settings: Settings, active: dict, window_whole: bool = True) -> tuple[Job, str, bool]:
+def settle_backup(settings: Settings, active: dict, whole: bool = True) -> tuple[Job, str, bool]:
     """What a killed backup (or a restore's safety backup) made, judged by its own backup id only
     (recorded in its lease record):
-    a complete pair is a good backup and stays - if its quiesced window was whole (window_whole,
-    see window_whole()); a half one (one repository, or a media pre-pass), or a pair whose window
+    a complete pair is a good backup and stays - if its quiesced window was whole (`whole`, see
+    window_whole()); a half one (one repository, or a media pre-pass), or a pair whose window
     nobody can vouch for, is forgotten, as the backup would have done had it failed - `latest` must
     never point at half a backup, nor at one that is not one point in time. Snapshots of any other
     job, made before or after, are never touched. Returns the job that did the forgetting, a
@@ -69,7 +69,7 @@ def settle_backup(settings: Settings, active: dict, window_whole: bool = True) -
     tagged = {name: repo.snapshots(tag=catalog.ID_TAG + backup_id) for name, repo in repos.items()}
     pair = next((b for b in catalog.pair(tagged[layout.FILES], tagged[layout.DATABASE]) if b.id == backup_id), None)
     complete = pair is not None and pair.complete
-    keep = set(pair.snapshot_ids().values()) if complete and window_whole else set()
+    keep = set(pair.snapshot_ids().values()) if complete and whole else set()
     prepasses = repos[layout.FILES].snapshots(tag=catalog.PREPASS_OF_TAG + backup_id)  # never a backup
     for name, snaps in {**tagged, layout.FILES: tagged[layout.FILES] + prepasses}.items():
         for snapshot in snaps:
