@@ -208,5 +208,25 @@ def test_a_dead_backup_with_both_snapshots_is_kept_only_when_its_window_was_whol
         assert report["backup_complete"] is True and all(len(ids) == 1 for ids in kept.values()), (report, kept)
 
 
+def test_workers_that_did_not_answer_leave_a_dead_backups_window_unjudged(site):
+    """The broadcast to the live workers got no answer (Redis restarting): nothing is resumed, and
+    the deployments' holders, read just before, must not pass for "held by nobody" - that would
+    discard a dead backup's good pair. Its window is judged at the next reconcile."""
+    from worker.errors import JobFailed
+    from worker.jobs.reconcile_flow import resume_abandoned, window_whole
+
+    settings = site.settings()
+    kube = steps.kube_in(settings)
+    kube.quiesce(NAMES, 30, "dead-job")
+    seen: dict = {}
+    with pytest.raises(JobFailed, match="could not be asked"):
+        resume_abandoned(settings, kube, lambda: {}, NAMES, seen)
+    assert app_at_zero(site)
+    assert window_whole(settings, {"kind": "backup", "task_id": "dead-job"}, seen.get("abandoned")) is None
+    resume_abandoned(settings, kube, lambda: {instance.holder(): set()}, NAMES, seen)
+    assert app_back(site)
+    assert window_whole(settings, {"kind": "backup", "task_id": "dead-job"}, seen.get("abandoned")) is True
+
+
 def tagged_prepasses(site) -> set[str]:
     return {s["id"] for s in snapshots(site, "files") if "taiga-backup-prepass" in (s.get("tags") or [])}

@@ -140,9 +140,9 @@ def resume_abandoned(settings: Settings, kube, jobs: Callable[[], dict[str, set[
     Returns what it resumed and what it left to a job still running; `seen["abandoned"]` gets the
     job each resumed deployment was held down by, before it is resumed (window_whole)."""
     holders = kube.holders(names)
-    if seen is not None:
-        seen["abandoned"] = {}
     if not holders:
+        if seen is not None:
+            seen["abandoned"] = {}
         return {}
     live = jobs()
     if instance.holder() not in live:  # the broadcast did not get through (Redis restarting)
@@ -154,9 +154,9 @@ def resume_abandoned(settings: Settings, kube, jobs: Callable[[], dict[str, set[
         out["left_to_running_job"] = running
         log.info("reconcile: %s quiesced by a job still running; left alone", ", ".join(sorted(running)))
     abandoned = {name: holders[name].get("job") for name in names if name in holders and name not in running}
+    if seen is not None:  # only now: silent workers (the raise above) say nothing about the window
+        seen["abandoned"] = abandoned
     if abandoned:
-        if seen is not None:
-            seen["abandoned"] = abandoned
         out["resumed"] = kube.resume(list(abandoned), settings.resume_timeout, expect=abandoned)
         log.warning("reconcile: resumed %s", out["resumed"])
     return out
