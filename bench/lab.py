@@ -86,6 +86,9 @@ class Lab:
         log(f"generating the dataset at scale {self.args.scale} ...")
         stats = dataset.populate(self.conninfo(), str(self.media), scale=self.args.scale, seed=self.args.seed)
         (self.media / media.MARKER).touch()  # Taiga's media, for the restore (media.check_target)
+        if self.args.small_files:
+            n, written = thumbnails(self.media, self.args.small_files)
+            stats.update(thumbnails=n, media_files=stats["media_files"] + n, media_bytes=stats["media_bytes"] + written)
         log(f"dataset: {stats['db_bytes'] / MB:.0f} MB database, {stats['media_bytes'] / MB:.0f} MB media "
             f"({stats['media_files']} files) in {stats['seconds']} s")
         return stats
@@ -230,3 +233,25 @@ def standalone_db(work: Path, scale: float, names: tuple[str, str, str]) -> tupl
     except BaseException:
         pg.cleanup()
         raise
+
+
+def thumbnails(root: Path, n: int, seed: int = 3) -> tuple[int, int]:
+    """n small files (1-6 KB, Taiga's thumbnails) in a two-level fan-out under root/thumbnails,
+    for the many-files curve: what costs per file (the tree's looks, restic's scan) rather than
+    per byte. Returns (files, bytes) written."""
+    import random
+
+    rng = random.Random(seed)
+    t0 = time.monotonic()
+    written = 0
+    blob = os.urandom(6 * 1024 + 4096)
+    for i in range(n):
+        d = root / "thumbnails" / f"{i % 256:02x}" / f"{(i // 256) % 64:02x}"
+        if i < 256 * 64:
+            d.mkdir(parents=True, exist_ok=True)
+        size = rng.randint(1024, 6 * 1024)
+        offset = rng.randint(0, 4096)
+        (d / f"thumb-{i}.jpg").write_bytes(blob[offset:offset + size])
+        written += size
+    log(f"{n} thumbnails ({written / MB:.0f} MB) written in {time.monotonic() - t0:.0f} s")
+    return n, written

@@ -24,10 +24,10 @@ from bench.old_operator import RESTORE_DEPLOYMENTS, downtime
 from bench.probes import RssWatch, busy_since, cpu_busy
 from bench.worker_view import covered, step_timeline
 from testkit import dataset, old_procedure
-from testkit.site import BACKUP_DEPLOYMENTS
+from testkit.site import BACKUP_DEPLOYMENTS, descendants
 
 # the job's steps that are work rather than bookkeeping (the rest of its wall is bookkeeping)
-WORK_STEPS = ("media_prepass", "quiesce", "db_snapshot", "dump_db", "restic_backup", "resume")
+WORK_STEPS = ("media_prepass", "media_catchup", "quiesce", "db_snapshot", "dump_db", "restic_backup", "resume")
 
 
 def _growth(before: dict, after: dict) -> dict:
@@ -139,6 +139,9 @@ def _backup_figures(run: dict, report: dict, timeline: dict, steps: dict) -> Non
     """Bytes added and the bookkeeping: the job's wall time not covered by quiesce, the two data
     steps and resume (from the log's timeline; from the report's step times when it has none)."""
     run["data_added"] = (report.get("bytes_added") or {})
+    run["media_looks_s"] = report.get("media_looks_seconds")
+    run["catchup_s"] = steps.get("media_catchup")
+    run["quiesced_pass"] = not (report.get("steps") or {}).get("restic_backup", {}).get("media_unchanged_since_prepass")
     run["dump_bytes"] = (report.get("database") or {}).get("dump_bytes")
     busy = [timeline[k] for k in WORK_STEPS if k in timeline]
     if busy and run.get("wall_s") is not None:
@@ -149,8 +152,35 @@ def _backup_figures(run: dict, report: dict, timeline: dict, steps: dict) -> Non
         run["bookkeeping_s"] = round(run["wall_s"] - work, 3)
 
 
-def taiga_backup(lab: Lab, variant: str, phase: str, command: list[str], deployments: dict) -> dict:
-    """`python -m worker.cli <command> --wait --json` against the variant's worker, watched."""
+def upload(media_dir: Path, name: str, megabytes: float) -> None:
+    """One user's upload: an attachment of `megabytes` in a new directory of the media tree."""
+    d = media_dir / "attachments" / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "upload.bin").write_bytes(os.urandom(int(megabytes * 1_000_000)))
+
+
+def _when_prepass_runs(w: dict, then, timeout: float = 120) -> dict:
+    """Calls `then` as soon as the worker's media pre-pass restic runs; the time it ran at."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(b"taiga-backup-prepass" in _argv(pid) for pid in descendants(w["proc"].pid)):
+            then()
+            return {"upload_at": time.time()}
+        time.sleep(0.01)
+    return {"upload_error": "the pre-pass was not seen running"}
+
+
+def _argv(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def taiga_backup(lab: Lab, variant: str, phase: str, command: list[str], deployments: dict,
+                 during_prepass=None) -> dict:
+    """`python -m worker.cli <command> --wait --json` against the variant's worker, watched;
+    `during_prepass` is called once the job's media pre-pass runs (the upload night)."""
     w = lab.workers[variant]
     before = lab.repo_sizes(variant)
     busy0 = cpu_busy()
@@ -159,8 +189,12 @@ def taiga_backup(lab: Lab, variant: str, phase: str, command: list[str], deploym
     wall0 = time.time()
     spy = _start_py_spy(lab, w, variant, phase, run)
     with RssWatch(w["proc"].pid) as rss:
-        done = subprocess.run([sys.executable, "-m", "worker.cli", *command, "--wait", "--json"], cwd=w["code"],
-                              env=w["env"], capture_output=True, text=True)
+        cli = subprocess.Popen([sys.executable, "-m", "worker.cli", *command, "--wait", "--json"], cwd=w["code"],
+                               env=w["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if during_prepass is not None:
+            run.update(_when_prepass_runs(w, during_prepass))
+        stdout, stderr = cli.communicate()
+        done = subprocess.CompletedProcess(cli.args, cli.returncode, stdout, stderr)
     t1 = time.monotonic()
     _stop_py_spy(spy)
     run["cli_wall_s"] = round(t1 - t0, 3)
@@ -187,7 +221,7 @@ def taiga_backup(lab: Lab, variant: str, phase: str, command: list[str], deploym
     run["job_downtime_s"] = report.get("downtime_seconds")
     timeline = step_timeline(lab.work / f"worker-{variant}.log", task_id) if task_id else {}
     run["timeline"] = {k: [round(a - (sent or 0), 3), round(b - (sent or 0), 3)] for k, (a, b) in timeline.items()}
-    if phase in ("full", "incr"):
+    if phase in ("full", "incr", "upload"):
         _backup_figures(run, report, timeline, steps)
     run["report"] = report
     run["repo_growth"] = _growth(before, lab.repo_sizes(variant))

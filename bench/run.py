@@ -60,7 +60,13 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, default=1, help="full backups per pipeline (alternating order; median)")
     ap.add_argument("--fraction", type=float, default=0.01, help="size of the day of changes")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--phases", default="full,incr,restore", help="which of full,incr,restore to run")
+    ap.add_argument("--small-files", type=int, default=0,
+                    help="add this many small files (1-6 KB thumbnails) to the media: the many-files curve")
+    ap.add_argument("--upload-mb", type=float, default=5.0,
+                    help="the upload of the 'upload' night, written while taiga-backup's media pre-pass runs")
+    ap.add_argument("--phases", default="full,incr,restore",
+                    help="which of full,incr,upload,restore to run (upload: a night where an upload lands during "
+                         "the pre-pass)")
     ap.add_argument("--no-old", action="store_true", help="skip the old pipeline (e.g. for an RSS-only run)")
     ap.add_argument("--experiments", default=",".join(EXPERIMENTS),
                     help=f"db-only format experiments among {','.join(EXPERIMENTS)}; 'none' to skip")
@@ -152,6 +158,22 @@ def night_incr(lab: Lab, args, order: list[str]) -> list[str]:
     return order
 
 
+def night_upload(lab: Lab, args, order: list[str]) -> list[str]:
+    """A night with nothing changed but one upload, landing while taiga-backup's media pre-pass
+    runs (the old procedure gets the same upload just before its backup): what the quiesced
+    window costs when the tree moved under the pre-pass."""
+    order = list(reversed(order))
+    for v in order:
+        upload = lambda: pipelines.upload(lab.media, f"upload-{v}", args.upload_mb)  # noqa: E731
+        if v == "old":
+            upload()
+            pipelines.old_backup(lab, "upload")
+        else:
+            pipelines.taiga_backup(lab, v, "upload", ["backup"], BACKUP_DEPLOYMENTS, during_prepass=upload)
+        shutil.rmtree(lab.media / "attachments" / f"upload-{v}")  # the next pipeline reads only its own
+    return order
+
+
 def restores(lab: Lab, args, order: list[str], has_restore: bool) -> None:
     """The experiments' loads, then each variant's restore of its latest backup, checked."""
     reference = None
@@ -195,6 +217,8 @@ def measure(lab: Lab, args) -> None:
         order = night_full(lab, args, variants)
     if "incr" in args.phases:
         order = night_incr(lab, args, order)
+    if "upload" in args.phases:
+        order = night_upload(lab, args, order)
     if "restore" in args.phases:
         restores(lab, args, order, has_restore)
 

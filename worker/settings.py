@@ -402,6 +402,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("QUIESCE_LEAD_MAX", "quiesce_lead_max", "10", _number(0),
             "the quiesce starts before the media pre-pass's estimated end by as long as the last backup's "
             "quiesce took, but at most this many seconds (0: after the pre-pass)"),
+    Setting("MEDIA_CATCHUP_PASSES", "media_catchup_passes", "1", _integer(0),
+            "media written while the pre-pass ran are read by up to this many more restic passes with the app "
+            "up, so the quiesced pass is not needed (0: they are read with the app down)"),
     Setting("RESUME_TIMEOUT", "resume_timeout", "300", _number(1), "seconds for the pods to be available again"),
     Setting("DUMP_TIMEOUT", "dump_timeout", "14400", _number(1), "seconds for the database dump"),
     Setting("FILES_TIMEOUT", "files_timeout", "21600", _number(1), "seconds for the media backup"),
@@ -568,6 +571,7 @@ class Settings:
     keep_yearly: int
     parallel_backup: bool
     quiesce_lead_max: float
+    media_catchup_passes: int
     preflight_timeout: float
     quiesce_timeout: float
     resume_timeout: float

@@ -4,6 +4,9 @@ harness itself is run by hand (bench/README.md), not as a timed test."""
 
 from __future__ import annotations
 
+import pytest
+
+from bench import scales
 from bench.old_operator import downtime
 from bench.pipelines import old_data_added
 from bench.report import markdown, summarise
@@ -91,3 +94,50 @@ def test_summary_ratios_and_markdown():
     results["summary"] = summary
     text = markdown(results)
     assert "| full backup wall (median, min–max) | ≤ 0.9× old | 10.0 s | 7.5 s (7.0–8.0) | 0.75× |" in text
+
+
+def _scale_result(scale: float, files: int, old_wall: float, down: float, **looks) -> dict:
+    """What bench.run writes for one run, as far as bench.scales reads it."""
+    def r(variant, phase, wall, **kw):
+        return {"variant": variant, "phase": phase, "wall_s": wall,
+                "pipeline": "old" if variant == "old" else "taiga-backup", **kw}
+
+    runs = [r("old", night, old_wall, downtime_s=old_wall - 1) for night in ("full", "incr", "upload")]
+    runs += [r("tb-plain", "full", old_wall * 0.8, downtime_s=down, media_looks_s=[looks["first"], looks["last"]],
+               quiesced_pass=False, rss_mb={"worker (python)": 120.0}),
+             r("tb-plain", "incr", old_wall * 0.6, downtime_s=down + 1, quiesced_pass=True),
+             r("tb-plain", "upload", old_wall * 0.7, downtime_s=down, quiesced_pass=False)]
+    results = {"dataset": {"db_bytes": int(scale * 1e9), "media_bytes": int(scale * 1e9), "media_files": files},
+               "runs": runs, "args": {"scale": scale}}
+    results["summary"] = summarise(results)
+    return results
+
+
+def test_the_curves_figures_every_night_of_every_run_and_the_downtimes_growth():
+    by_run = {scales.label(0.25): _scale_result(0.25, 1000, 10.0, 1.2, first=0.05, last=0.06),
+              scales.label(4.0): _scale_result(4.0, 16000, 90.0, 1.6, first=0.4, last=0.5),
+              scales.label(0.25, 500000): _scale_result(0.25, 501000, 40.0, 5.0, first=3.0, last=3.1)}
+    figures = scales.figures(by_run)
+    assert figures["runs"] == ["0.25", "4", "0.25+500000files"]
+    big = figures["per_run"]["4"]
+    assert big["full_wall_vs_old"] == 0.8 and big["incr_wall_vs_old"] == 0.6 and big["upload_wall_vs_old"] == 0.7
+    assert big["incr_quiesced_passes"] == 1 and big["upload_quiesced_passes"] == 0
+    assert (big["look_first_s"], big["look_quiesced_s"]) == (0.4, 0.5)
+    # growth is read between the byte scales only: the many-files run's 5 s is left out
+    assert figures["downtime_growth_per_old_second"] == 0.005
+    text = scales.markdown({"figures": figures})
+    assert "| taiga-backup: app downtime (upload night) | ≤ 1.5 s | 1.2 s | 1.6 s | 5.0 s |" in text
+    assert "| media tree look: before the pre-pass / with the app down |  | 0.05 s / 0.06 s |" in text
+
+
+def test_the_curves_are_drawn_as_png_files(tmp_path):
+    pytest.importorskip("matplotlib")  # the bench's extra; the figures above need none
+    from bench import plots
+
+    by_run = {scales.label(s): _scale_result(s, int(s * 4000), 10.0 * s + 5, 1.3, first=0.1 * s, last=0.1 * s)
+              for s in (0.25, 1.0, 4.0)}
+    by_run[scales.label(0.25, 500000)] = _scale_result(0.25, 501000, 40.0, 5.0, first=3.0, last=3.1)
+    paths = plots.draw({"figures": scales.figures(by_run)}, tmp_path)
+    assert [p.name for p in paths] == ["backup-wall.png", "backup-downtime.png", "backup-worker.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000

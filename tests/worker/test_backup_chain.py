@@ -407,24 +407,66 @@ def test_media_unchanged_since_the_pre_pass_make_the_pre_pass_the_backup_without
     assert app_back(site)
 
 
-@pytest.mark.slow
-def test_media_written_during_the_pre_pass_are_read_again_with_the_app_down(repos, start_worker, celery_client,
-                                                                            tmp_path):
-    site = repos
-    worker = start_worker()
+def _write_during(worker, target, argv_has: bytes) -> None:
+    """Appends to `target` as soon as a pre-pass restic run whose argv has `argv_has` runs."""
+    wait_until(lambda: [p for p, name, argv, _ in processes(worker) if name == "restic"
+                        and b"taiga-backup-prepass" in argv and argv_has in argv], 60, "the pass running",
+               interval=0.005)
+    with open(target, "ab") as fh:
+        fh.write(b" written while the pass ran")
+
+
+def _being_written(site):
     target = site.media / "attachments" / "being-written.bin"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"before " * 1000)
-    time.sleep(2.2)  # nothing racy: only the write below can make the media differ
+    time.sleep(2.2)  # nothing racy: only the writes of the test can make the media differ
+    return target
+
+
+def _backed_up_as_live(site, report, tmp_path) -> None:
+    """The backup's media snapshot is the media as they are; it is the only one left (every pass
+    before it forgotten or promoted)."""
+    site.restic("files", "restore", report["snapshots"]["files"], "--target", str(tmp_path / "back"))
+    assert (tmp_path / "back" / "attachments" / "being-written.bin").read_bytes().endswith(b"while the pass ran")
+    assert dataset.tree_digest(str(tmp_path / "back")) == dataset.tree_digest(str(site.media))
+    assert snapshot_ids(site, "files") == [report["snapshots"]["files"]]
+
+
+@pytest.mark.slow
+def test_media_written_during_the_pre_pass_are_caught_up_with_the_app_up(repos, start_worker, celery_client,
+                                                                        tmp_path):
+    """A night's upload during the pre-pass: a catch-up pass reads it before the quiesce, so no
+    restic run keeps the app down."""
+    site = repos
+    worker = start_worker()
+    target = _being_written(site)
     result = celery_client.send_task("taiga_backup.backup")
-    wait_until(lambda: _prepass_restic(worker), 60, "the pre-pass running", interval=0.005)
-    with open(target, "ab") as fh:
-        fh.write(b"written while the pre-pass ran")
+    _write_during(worker, target, b"backup")
     report = result.get(timeout=120)
-    assert report["state"] == "SUCCESS"
+    assert report["state"] == "SUCCESS" and report["backup_complete"] is True
+    steps = report["steps"]
+    assert steps["media_catchup"]["passes"] == 1, steps
+    assert steps["media_catchup"]["started_at"] <= steps["quiesce"]["started_at"]  # the app still up
+    assert steps["restic_backup"]["media_unchanged_since_prepass"] is True, steps  # no restic run with it down
+    _backed_up_as_live(site, report, tmp_path)
+    assert app_back(site)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("passes, during", [(0, b"backup"), (1, b"--parent")], ids=["no-catch-up", "during-catch-up"])
+def test_media_written_after_the_last_pass_with_the_app_up_are_read_again_with_the_app_down(
+        repos, start_worker, celery_client, tmp_path, passes, during):
+    site = repos
+    worker = start_worker(MEDIA_CATCHUP_PASSES=passes)
+    target = _being_written(site)
+    result = celery_client.send_task("taiga_backup.backup")
+    if passes:  # the catch-up pass starts once the pre-pass has seen the first write
+        _write_during(worker, target, b"backup")
+    _write_during(worker, target, during)
+    report = result.get(timeout=120)
+    assert report["state"] == "SUCCESS" and report["backup_complete"] is True
     step = report["steps"]["restic_backup"]
     assert "media_unchanged_since_prepass" not in step, step  # a quiesced restic pass ran
-    site.restic("files", "restore", report["snapshots"]["files"], "--target", str(tmp_path / "back"))
-    assert (tmp_path / "back" / "attachments" / "being-written.bin").read_bytes().endswith(b"while the pre-pass ran")
-    assert dataset.tree_digest(str(tmp_path / "back")) == dataset.tree_digest(str(site.media))
-    assert snapshot_ids(site, "files") == [report["snapshots"]["files"]]  # the pre-pass is forgotten
+    assert ("media_catchup" in report["steps"]) is bool(passes)
+    _backed_up_as_live(site, report, tmp_path)

@@ -35,6 +35,11 @@ class TreeState:
         """An entry changed so shortly before the walk that a second write could leave it looking the same."""
         return self.newest_ns >= self.taken_ns - int(RACY_SECONDS * 1e9)
 
+    @property
+    def quiet_at(self) -> float:
+        """The epoch time from which a new look at an unchanged tree is no longer racy."""
+        return self.newest_ns / 1e9 + RACY_SECONDS
+
     def as_dict(self) -> dict:
         return asdict(self)
 

@@ -38,6 +38,7 @@ class BackupContext:
     prepass: str | None = None  # the pre-pass snapshot's (short) id: the quiesced pass's parent
     prepass_summary: dict | None = None  # its restic summary
     prepass_ends_in: float | None = None  # its estimated seconds left when the quiesce began
+    superseded: list[str] = field(default_factory=list)  # earlier passes' ids, replaced by a catch-up pass
     # quiesce .. resume
     quiesced: bool = False  # from here on, resume runs whatever happens
     down_since: float | None = None  # time.time() when the quiesce began
@@ -70,7 +71,8 @@ class BackupContext:
             raise ValueError(f"unknown field(s) in a backup chain context: {', '.join(unknown[:5])}")
         ctx = cls(**doc)
         kinds = {"task_id": str, "report": dict, "errors": list, "progress": dict, "started": (int, float),
-                 "lease": str, "names": list, "held": list, "results": dict}
+                 "lease": str, "names": list, "held": list, "results": dict,
+                 "superseded": list}
         wrong = [name for name, kind in kinds.items() if not isinstance(getattr(ctx, name), kind)]
         if wrong:
             raise ValueError(f"backup chain context field(s) of the wrong type: {', '.join(wrong)}")

@@ -154,7 +154,7 @@ def media_prepass(job: Job, ctx: BackupContext) -> None:
     the app never touched."""
     if _skip(job, ctx):
         return
-    tree = _look(job)  # before restic reads a byte: what the quiesced point is compared with
+    tree = _settled_look(job)  # before restic reads a byte: what the quiesced point is compared with
     if tree is not None:
         ctx.tree = tree.as_dict()
     eta = prepass_eta(job)
@@ -163,12 +163,61 @@ def media_prepass(job: Job, ctx: BackupContext) -> None:
         watch=eta))
     while not held.done.wait(0.05) and not eta.near.is_set():
         pass
+    if not held.done.is_set() and job.settings.media_catchup_passes and not _still(job, ctx):
+        held.done.wait()  # media were written meanwhile: a catch-up pass follows, the quiesce waits
     if held.done.is_set():
         _prepass_joined(job, ctx)
+        _catch_up(job, ctx)
     else:
         ctx.prepass_ends_in = round(eta.remaining, 3)
         log.info("backup: quiescing while the media pre-pass ends (about %.1f s left)", eta.remaining,
                  extra={"task_id": job.task_id, "job": job.kind, "step": "media_prepass"})
+
+
+def _still(job: Job, ctx: BackupContext, now: tree_state.TreeState | None = None) -> bool:
+    """The media tree is, for certain, as it was just before the last pass began (taking a look
+    unless given one)."""
+    if not ctx.tree:
+        return False
+    now = now or _look(job)
+    return now is not None and tree_state.unchanged(tree_state.TreeState.from_dict(ctx.tree), now)
+
+
+def _catch_up(job: Job, ctx: BackupContext) -> None:
+    """Media written while the pre-pass ran (a night's upload), read with the app still up:
+    another restic pass with the pre-pass as parent reads only what changed, and becomes the
+    pass the quiesced tree is compared with. So the app is down only for the quiesce and a look
+    at the tree, unless something is written again during the last of MEDIA_CATCHUP_PASSES
+    passes (then the quiesced pass reads it, as before). The pass it replaces is forgotten once
+    the backup has its media snapshot (ctx.superseded). A failing catch-up pass fails the job
+    like the pre-pass, with the app never touched."""
+    for n in range(1, job.settings.media_catchup_passes + 1):
+        if not ctx.prepass:
+            return
+        now = _settled_look(job)
+        if now is None or _still(job, ctx, now):
+            return
+        try:
+            summary = steps.backup_media(job, step="media_catchup", tags=catalog.prepass_tags(job.report["backup_id"]),
+                                         parent=ctx.prepass, full_id=False)
+        except Exception:
+            return  # recorded by the step; the later links skip, finish fails the job
+        job.report["steps"]["media_catchup"]["passes"] = n
+        ctx.superseded.append(ctx.prepass)
+        ctx.prepass, ctx.prepass_summary = summary["snapshot_id"], with_prepass(summary, ctx.prepass_summary)
+        ctx.tree = now.as_dict()
+
+
+def _settled_look(job: Job) -> tree_state.TreeState | None:
+    """A look taken once the newest entry is no longer racily new, waiting for that (at most
+    RACY_SECONDS, the app up): an upload just written would otherwise make the tree count as
+    changed at the quiesce whatever happens after, and the quiesced pass run."""
+    now = _look(job)
+    wait = now.quiet_at - time.time() if now is not None and now.racy else 0.0
+    if 0 < wait <= tree_state.RACY_SECONDS:
+        time.sleep(wait + 0.01)
+        now = _look(job)
+    return now
 
 
 def _prepass_joined(job: Job, ctx: BackupContext) -> None:
@@ -230,7 +279,8 @@ def restic_backup(job: Job, ctx: BackupContext) -> None:
     if _media_unchanged(job, ctx):
         ctx.results[layout.FILES] = dict(ctx.prepass_summary)
         short, tags = ctx.prepass, steps.backup_tags(job)
-        hold(job, ctx.held, "tidy_files", lambda child: _promote(job.settings, short, tags))
+        superseded = list(ctx.superseded)
+        hold(job, ctx.held, "tidy_files", lambda child: _promote(job.settings, short, tags, superseded))
         return
     try:
         summary = steps.backup_media(job, parent=ctx.prepass, full_id=False)
@@ -244,21 +294,23 @@ def restic_backup(job: Job, ctx: BackupContext) -> None:
 def _look(job: Job) -> tree_state.TreeState | None:
     """The media tree's state; None when an entry went away mid-walk (restic then reads what changed).
     The worker's state is left out: each signed link of the backup records its nonce there."""
+    t0 = time.monotonic()
     try:
         return tree_state.take(job.settings.files_dir, skip=(media.STATE,))
     except OSError as exc:
         log.info("backup: the media tree changed while it was looked at (%s)", exc)
         return None
+    finally:  # what each look cost, in order (the bench's tree-walk figures)
+        job.report.setdefault("media_looks_seconds", []).append(round(time.monotonic() - t0, 3))
 
 
 def _media_unchanged(job: Job, ctx: BackupContext) -> bool:
     """Looks at the media tree again, with the app down: True when it is as it was just before
-    the pre-pass began."""
-    if not ctx.prepass or not ctx.tree:
+    the last pass with the app up (the pre-pass or its catch-up) began."""
+    if not ctx.prepass:
         return False
     t0 = time.monotonic()
-    now = _look(job)
-    if now is None or not tree_state.unchanged(tree_state.TreeState.from_dict(ctx.tree), now):
+    if not _still(job, ctx):
         return False
     with job.step("restic_backup") as entry:
         entry.update(media_unchanged_since_prepass=True, looked_seconds=round(time.monotonic() - t0, 3),
@@ -266,12 +318,21 @@ def _media_unchanged(job: Job, ctx: BackupContext) -> bool:
     return True
 
 
-def _promote(settings, short: str, tags: list[str]) -> dict:
-    """The pre-pass made the backup's media snapshot: the backup's tags instead of the pre-pass's
-    (restic saves it anew: the new full id is the report's). No pre-pass is left to forget."""
+def _promote(settings, short: str, tags: list[str], superseded: list[str] = ()) -> dict:
+    """The pre-pass (or the catch-up pass after it) made the backup's media snapshot: the
+    backup's tags instead of the pre-pass's (restic saves it anew: the new full id is the
+    report's). The passes a catch-up replaced are forgotten; one that cannot be is logged, not a
+    failure (the next quiesced pass forgets every pre-pass left)."""
     repo = layout.repository(settings, layout.FILES)
     full = repo.full_ids([short], timeout=settings.discard_timeout).get(short, short)
-    return {"snapshot_id": repo.retag(full, tags, timeout=settings.discard_timeout), "prepass_forgotten": True}
+    done = {"snapshot_id": repo.retag(full, tags, timeout=settings.discard_timeout), "prepass_forgotten": True}
+    if superseded:
+        try:
+            repo.forget(*superseded, timeout=settings.discard_timeout)
+        except Exception as exc:
+            log.warning("could not forget the superseded media pre-pass snapshot(s): %s", exc)
+            done["prepass_forgotten"] = False
+    return done
 
 
 def with_prepass(summary: dict, prepass: dict | None) -> dict:

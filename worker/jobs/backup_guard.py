@@ -20,7 +20,7 @@ from worker.jobs.job import Job
 log = logging.getLogger("taiga_backup.backup")
 
 # the steps that start a restic backup: a backup that never ran one made no snapshot
-MAKERS = frozenset({"media_prepass", "dump_db", "restic_backup"})
+MAKERS = frozenset({"media_prepass", "media_catchup", "dump_db", "restic_backup"})
 # the backup's first step (prepare's): a report that holds it knows every step the job ran
 FIRST_STEP = "preflight"
 
