@@ -16,10 +16,11 @@ first look could still be written again unseen, so such a tree never counts as u
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
+import re
 import time
 from dataclasses import asdict, dataclass
+
+from worker.adapters import process
 
 RACY_SECONDS = 2.0
 
@@ -48,27 +49,50 @@ class TreeState:
         return cls(**doc)
 
 
-def take(root: str, skip: tuple[str, ...] = ()) -> TreeState:
+# one record per entry: the two stamps first (the racy check reads them), then every field the
+# digest must see, the path inside the tree and a symlink's target (NUL-ended: any byte but NUL
+# may be in a name, a newline too, which only splits a record across two reads)
+FIND_FORMAT = r"%T@ %C@ %i %n %y %m %U %G %s %P\0%l\0\n"
+
+
+def take(root: str, skip: tuple[str, ...] = (), stamps: bool = True) -> TreeState:
     """The state of everything below `root` (and root itself), without following symlinks,
     leaving out the entries of the root named in `skip`: what the backup does not read either
-    (the worker's own state, written by every signed request, even with the app down)."""
+    (the worker's own state, written by every signed request, even with the app down).
+
+    Walked by GNU find (`-printf`, every entry's lstat in C), hashed as it streams: about 3.5 us
+    an entry against 8-12 for the same walk in Python, which matters with the app down and half a
+    million thumbnails. Entries come in directory order, stable while a directory is unchanged;
+    a reordering only makes the tree count as changed (restic then reads it). `stamps=False`
+    leaves the newest stamp unread (newest_ns 0): a look only compared with an earlier one, never
+    itself compared with, needs no racy check. OSError when the walk failed (an entry went away
+    under it)."""
     taken = time.time_ns()
     digest = hashlib.sha256()
-    newest = 0
-    todo = [(root, "")]
-    while todo:
-        path, rel = todo.pop()
-        st = os.lstat(path)
-        newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-        digest.update(f"{rel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
-                      f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0".encode("utf-8", "surrogateescape"))
-        if stat.S_ISLNK(st.st_mode):
-            digest.update(os.fsencode(os.readlink(path)) + b"\0")
-        elif stat.S_ISDIR(st.st_mode):
-            names = [n for n in os.listdir(path) if rel or n not in skip]
-            names.sort(reverse=True)  # popped in name order
-            todo.extend((os.path.join(path, name), f"{rel}/{name}") for name in names)
-    return TreeState(digest.hexdigest(), taken, newest)
+    newest = [0]
+
+    def record(line: bytes) -> None:
+        digest.update(line)
+        if stamps:
+            try:
+                m, c = line.split(b" ", 2)[:2]
+                newest[0] = max(newest[0], _ns(m), _ns(c))
+            except ValueError:
+                pass  # the tail of a name with a newline in it
+
+    prune = [arg for name in skip for arg in ("-o", "-path", "./" + re.sub(r"([][*?\\])", r"\\\1", name))][1:]
+    argv = ["find", ".", *(["(", *prune, ")", "-prune", "-o"] if prune else []), "-printf", FIND_FORMAT]
+    done = process.run(argv, env=process.child_env(), cwd=root, what="find (media tree)", on_line=record,
+                       keep_stdout=False)
+    if not done.ok:
+        raise OSError(done.error())
+    return TreeState(digest.hexdigest(), taken, newest[0])
+
+
+def _ns(stamp: bytes) -> int:
+    """find's `seconds.fraction` (10 digits) as nanoseconds."""
+    sec, _, frac = stamp.partition(b".")
+    return int(sec) * 1_000_000_000 + int((frac + b"000000000")[:9])
 
 
 def unchanged(before: TreeState, now: TreeState) -> bool:

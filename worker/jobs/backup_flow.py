@@ -176,10 +176,10 @@ def media_prepass(job: Job, ctx: BackupContext) -> None:
 
 def _still(job: Job, ctx: BackupContext, now: tree_state.TreeState | None = None) -> bool:
     """The media tree is, for certain, as it was just before the last pass began (taking a look
-    unless given one)."""
+    unless given one: only compared, it needs no stamps)."""
     if not ctx.tree:
         return False
-    now = now or _look(job)
+    now = now or _look(job, stamps=False)
     return now is not None and tree_state.unchanged(tree_state.TreeState.from_dict(ctx.tree), now)
 
 
@@ -291,12 +291,12 @@ def restic_backup(job: Job, ctx: BackupContext) -> None:
         hold(job, ctx.held, "tidy_files", lambda child: _tidy_files(job.settings, summary["snapshot_id"]))
 
 
-def _look(job: Job) -> tree_state.TreeState | None:
+def _look(job: Job, stamps: bool = True) -> tree_state.TreeState | None:
     """The media tree's state; None when an entry went away mid-walk (restic then reads what changed).
     The worker's state is left out: each signed link of the backup records its nonce there."""
     t0 = time.monotonic()
     try:
-        return tree_state.take(job.settings.files_dir, skip=(media.STATE,))
+        return tree_state.take(job.settings.files_dir, skip=(media.STATE,), stamps=stamps)
     except OSError as exc:
         log.info("backup: the media tree changed while it was looked at (%s)", exc)
         return None

@@ -34,3 +34,15 @@ def test_a_tree_state_changes_with_any_write_rename_chmod_or_link_and_fresh_tree
     assert changed(lambda: (tmp_path / "d" / "new").mkdir())
     quiet = tree_state.TreeState(first.digest, first.taken_ns, first.taken_ns - 3_000_000_000)
     assert not quiet.racy and tree_state.unchanged(quiet, first) and not tree_state.unchanged(first, first)
+
+
+def test_a_racy_tree_is_quiet_racy_seconds_after_its_newest_stamp(tmp_path):
+    """What the backup's settled look waits for: a new look from quiet_at on is not racy."""
+    from worker.backups import tree_state
+
+    (tmp_path / "upload.bin").write_bytes(b"just written")
+    state = tree_state.take(str(tmp_path))
+    assert state.racy and 0 < state.quiet_at - time.time() <= tree_state.RACY_SECONDS
+    time.sleep(state.quiet_at - time.time() + 0.01)
+    again = tree_state.take(str(tmp_path))
+    assert not again.racy and again.digest == state.digest and tree_state.unchanged(again, state)
