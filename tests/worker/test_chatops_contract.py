@@ -27,7 +27,9 @@ def documented(opening: str) -> list[str]:
 def test_the_documented_steps_are_those_a_backup_and_a_restore_report(site):
     backup = run_backup()
     restore = run_restore(snapshot=backup["backup_id"])
-    assert sorted(set(documented("The backup steps are"))) == sorted(backup["steps"])
+    # media_catchup runs only when media were written during the pre-pass (the doc says so;
+    # test_backup_chain drives it): every other documented step is in every backup's report
+    assert sorted(set(documented("The backup steps are")) - {"media_catchup"}) == sorted(backup["steps"])
     assert sorted(set(documented("The restore steps are"))) == sorted(restore["steps"])
     chain = [name for name in documented("The backup's chain of tasks is") if name.startswith("taiga_backup.")]
     assert chain == list(backup_chain.ORDER) == BACKUP_CHAIN
