@@ -140,7 +140,6 @@ def _backup_figures(run: dict, report: dict, timeline: dict, steps: dict) -> Non
     steps and resume (from the log's timeline; from the report's step times when it has none)."""
     run["data_added"] = (report.get("bytes_added") or {})
     run["media_looks_s"] = report.get("media_looks_seconds")
-    run["catchup_s"] = steps.get("media_catchup")
     run["quiesced_pass"] = not (report.get("steps") or {}).get("restic_backup", {}).get("media_unchanged_since_prepass")
     run["dump_bytes"] = (report.get("database") or {}).get("dump_bytes")
     busy = [timeline[k] for k in WORK_STEPS if k in timeline]

@@ -18,7 +18,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 
-NIGHTS = (("full", "full night"), ("incr", "incremental night"), ("upload", "upload during the pre-pass"))
+from bench.scales import NIGHTS  # noqa: E402
+
+LABELS = {"full": "full night", "incr": "incremental night", "upload": "upload during the pre-pass"}
 
 
 def _series(per_run: dict, names: list[str], key: str) -> tuple[list[float], list]:
@@ -75,9 +77,9 @@ COLORS = ("tab:blue", "tab:orange", "tab:green")  # one per night
 
 def walls(figures: dict, out: Path) -> Path:
     fig, ax = _axes("Backup wall: old procedure (dashed) and taiga-backup", "seconds")
-    for (night, text), color in zip(NIGHTS, COLORS):
-        _curve(ax, figures, f"old_{night}_wall_s", color, f"old: {text}", "--")
-        _curve(ax, figures, f"{night}_wall_s", color, f"taiga-backup: {text}")
+    for night, color in zip(NIGHTS, COLORS):
+        _curve(ax, figures, f"old_{night}_wall_s", color, f"old: {LABELS[night]}", "--")
+        _curve(ax, figures, f"{night}_wall_s", color, f"taiga-backup: {LABELS[night]}")
     ax.legend(fontsize=7)
     return _save(fig, out / "backup-wall.png")
 
@@ -85,8 +87,8 @@ def walls(figures: dict, out: Path) -> Path:
 def downtime(figures: dict, out: Path) -> Path:
     fig, ax = _axes("App downtime per night", "seconds the app is down")
     _curve(ax, figures, "old_full_downtime_s", "tab:gray", "old procedure: full night", "--")
-    for (night, text), color in zip(NIGHTS, COLORS):
-        _curve(ax, figures, f"{night}_downtime_s", color, f"taiga-backup: {text}")
+    for night, color in zip(NIGHTS, COLORS):
+        _curve(ax, figures, f"{night}_downtime_s", color, f"taiga-backup: {LABELS[night]}")
     ax.axhline(figures["targets"]["upload_downtime_s"], color="tab:red", lw=0.8, ls=":", label="1.5 s")
     ax.set_yscale("log")
     ax.legend(fontsize=7)

@@ -42,7 +42,7 @@ TARGETS = {
     "bookkeeping_s": 1.0,
     "worker_rss_mb": 300.0,
 }
-NIGHTS = ("full", "incr", "upload")
+NIGHTS = tuple(p for p in report.PHASES if p != "restore")  # the backup nights bench.run measures
 
 
 def label(scale: float, small_files: int = 0) -> str:
